@@ -50,7 +50,8 @@ class RoiConfig:
     mode: Literal["auto", "fixed", "full"] = "auto"
     x: int = _f(0, min=0, help="fixed mode: left column of the rail band, frame pixels")
     width: int = _f(0, min=0, help="fixed mode: band width in frame pixels (0: to the right edge)")
-    margin: float = _f(0.08, min=0.0, max=1.0, help="auto mode: widen the located band by this fraction per side")
+    margin: float = _f(0.15, min=0.0, max=1.0, help="auto mode: widen the located band by this fraction per side")
+    level: float = _f(0.25, min=0.01, max=0.99, help="auto mode: band edge at this fraction from ballast to head brightness")
     smoothing: float = _f(0.7, min=0.0, max=0.99, help="auto mode: weight of the previous band (rail moves slowly)")
 
 
@@ -84,7 +85,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ScoringConfig:
-    bank_size: int = _f(16384, min=16, help="memory-bank size bound after coreset selection")
+    bank_size: int = _f(4096, min=16, help="memory-bank size bound after coreset selection")
     column_window: int = _f(1, min=0, help="patches match bank entries within this many feature columns")
     smoothing_sigma: float = _f(1.0, min=0.0, help="Gaussian blur of the anomaly map, in feature cells")
     false_alarm_rate: float = _f(0.01, min=0.0, max=0.5, help="target rate of normal frames above threshold")
@@ -112,6 +113,9 @@ class TlsConfig:
 @dataclass(frozen=True)
 class OutboxConfig:
     max_rows: int = _f(200000, min=10, help="bound on queued messages; stats and snapshots give way first")
+    synchronous: Literal["full", "normal"] = _f(
+        "full", help="full: a queued event survives power loss (fsync per event); normal: survives a crash, faster"
+    )
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,8 @@ class MqttConfig:
     client_id: str | None = None
     protocol: Literal["5", "3.1.1"] = "5"
     keepalive_s: int = _f(30, min=5, max=3600)
+    max_inflight: int = _f(32, min=1, max=65535, help="QoS 1 messages awaiting PUBACK at once; resends keep their order")
+    reconnect_max_s: float = _f(30.0, min=0.1, help="longest wait between reconnect attempts (exponential backoff, jitter)")
     username: str | None = None
     password_env: str = _f("RAILEDGE_MQTT_PASSWORD", help="environment variable holding the password")
     password_file: str | None = None

@@ -21,7 +21,9 @@ class Position:
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One image from a source. `image` is HxW uint8 (grayscale) or HxWx3 uint8 (BGR)."""
+    """One image from a source. `image` is HxW uint8 grayscale. `scale` maps image pixels to the
+    original footage's pixels (a JPEG decoded at 1/4 size has scale 4): reported boxes use
+    original pixels."""
 
     index: int
     source: str
@@ -29,6 +31,7 @@ class Frame:
     t_mono: float
     t_wall: float
     position: Position | None = None
+    scale: float = 1.0
 
     @property
     def height(self) -> int:

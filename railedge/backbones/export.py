@@ -1,0 +1,45 @@
+"""Export a backbone for the runtimes: ONNX (one self-contained file) and TorchScript (trace)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def _example(h: int, w: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return 0.5 + 0.1 * torch.randn(1, 1, h, w, generator=g)
+
+
+def export_onnx(module: nn.Module, height: int, width: int, path: Path, opset: int = 17) -> Path:
+    module = module.eval()
+    x = _example(height, width)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # The legacy exporter keeps weights inside the .onnx file (dynamo writes a side .onnx.data).
+        torch.onnx.export(
+            module,
+            (x,),
+            str(path),
+            input_names=["input"],
+            output_names=["features"],
+            dynamic_axes={"input": {0: "batch"}, "features": {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+        )
+    return path
+
+
+def export_torchscript(module: nn.Module, height: int, width: int, path: Path) -> Path:
+    module = module.eval()
+    x = _example(height, width)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module, (x,), check_trace=False)
+        traced.save(str(path))
+    return path

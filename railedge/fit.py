@@ -1,0 +1,177 @@
+"""`railedge fit`: build and export a backbone, fill the memory bank with normal patches,
+calibrate the threshold on held-out normal frames, and write the model artifact."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from railedge.config import Config
+from railedge.datasets import Sample, iter_samples, read_classes, is_yolo_dir
+from railedge.errors import DataError, ModelError
+from railedge.logs import get_logger
+from railedge.model import ModelArtifact, write_meta
+from railedge.preprocess import Preprocess
+from railedge.roi import RailBandLocator
+from railedge.scoring import AnomalyScorer, ColumnMemoryBank, calibrate_threshold
+from railedge.values import Band
+
+log = get_logger("railedge.fit")
+
+
+def label_mask(sample: Sample, band: Band, grid: tuple[int, int], dilate: int = 1) -> np.ndarray:
+    """(h, w) True where a feature cell touches a labelled box (any class), dilated by `dilate` cells."""
+    gh, gw = grid
+    mask = np.zeros((gh, gw), bool)
+    if not sample.labels:
+        return mask
+    H, W = sample.image.shape[:2]
+    cw, ch = band.width / gw, band.height / gh
+    for lab in sample.labels:
+        x0, y0, x1, y1 = lab.pixels(W, H)
+        c0 = int(np.floor((x0 - band.x0) / cw)) - dilate
+        c1 = int(np.ceil((x1 - band.x0) / cw)) + dilate
+        r0 = int(np.floor((y0 - band.y0) / ch)) - dilate
+        r1 = int(np.ceil((y1 - band.y0) / ch)) + dilate
+        mask[max(0, r0) : max(0, min(gh, r1)), max(0, c0) : max(0, min(gw, c1))] = True
+    return mask
+
+
+def extract(
+    samples: Iterable[Sample],
+    locator: RailBandLocator,
+    pre: Preprocess,
+    engine: Callable[[np.ndarray], np.ndarray],
+    batch: int = 8,
+) -> tuple[np.ndarray, list[Band], list[Sample]]:
+    """Features (N,F,h,w) of every sample's rail crop, with the bands used."""
+    feats, bands, kept, xs = [], [], [], []
+
+    def flush() -> None:
+        if xs:
+            feats.append(engine(np.stack(xs)[:, None]))
+            xs.clear()
+
+    for s in samples:
+        band = locator.locate(s.image)
+        xs.append(pre(s.image[band.y0 : band.y1, band.x0 : band.x1]))
+        bands.append(band)
+        kept.append(s)
+        if len(xs) == batch:
+            flush()
+    flush()
+    if not feats:
+        raise DataError("no frames to fit on")
+    return np.concatenate(feats), bands, kept
+
+
+def _export(cfg: Config, tmp: Path) -> tuple[Any, int, int]:
+    try:
+        import torch
+    except ImportError:
+        raise ModelError("fitting needs torch: pip install 'railedge[train]'") from None
+    from railedge.backbones import build_backbone
+    from railedge.backbones.export import export_onnx, export_torchscript
+
+    torch.manual_seed(0)
+    module = build_backbone(cfg.model).eval()
+    h, w = cfg.model.input_height, cfg.model.input_width
+    stride = int(module.stride)
+    if h % stride or w % stride:
+        raise ModelError(f"model.input_height/input_width ({h}x{w}) must be multiples of the backbone stride {stride}")
+    torch.save(module.state_dict(), tmp / "weights.pt")
+    export_onnx(module, h, w, tmp / "backbone.onnx")
+    try:
+        export_torchscript(module, h, w, tmp / "backbone.ts")
+    except Exception as e:  # TorchScript is optional (deprecated in torch 2.14)
+        log.warning("torchscript_export_failed", error=str(e)[:200])
+    return module, h, w
+
+
+def fit(cfg: Config, data: str | Path, out: str | Path, fmt: str = "auto", seed: int = 0) -> dict[str, Any]:
+    out = Path(out)
+    data = Path(data)
+    t_start = time.monotonic()
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        module, h, w = _export(cfg, tmp)
+        pre = Preprocess(h, w)
+        if cfg.runtime == "eager":
+            from railedge.runtime.torch_engines import EagerEngine
+
+            engine: Any = EagerEngine(module, cfg.threads)
+        else:
+            # Features come from the exported graph, the one inference will run: no drift.
+            from railedge.runtime.onnx import OnnxEngine
+
+            engine = OnnxEngine(tmp / "backbone.onnx", cfg.threads)
+        locator = RailBandLocator(cfg.roi)
+        samples = list(iter_samples(data, fmt, reduce=cfg.source.reduce, max_frames=cfg.scoring.max_fit_frames))
+        if len(samples) < 4:
+            raise DataError(f"data {str(data)!r} has {len(samples)} frames; fitting needs at least 4 normal frames")
+        feats, bands, samples = extract(samples, locator, pre, engine)
+        n, f, gh, gw = feats.shape
+        masks = np.stack([label_mask(s, b, (gh, gw)) for s, b in zip(samples, bands)])
+        n_hold = max(1, int(round(n * cfg.scoring.holdout_fraction)))
+        # The tail is held out as one stretch: neighbouring frames look alike, so interleaving
+        # would calibrate on frames the bank has effectively seen.
+        fit_idx, hold_idx = np.arange(n - n_hold), np.arange(n - n_hold, n)
+        bank = ColumnMemoryBank.fit(feats[fit_idx], ~masks[fit_idx], cfg.scoring.bank_size, cfg.scoring.column_window, seed)
+        scorer = AnomalyScorer(bank, cfg.scoring.smoothing_sigma)
+        hold_scores = np.array([scorer(feats[i], ignore=masks[i])[1] for i in hold_idx])
+        threshold = cfg.scoring.threshold if cfg.scoring.threshold is not None else calibrate_threshold(hold_scores, cfg.scoring.false_alarm_rate)
+        bank.save(tmp / "bank.npz")
+        meta = {
+            "backbone": cfg.model.backbone,
+            "model_config": _plain_model(cfg),
+            "preprocess": pre.to_dict(),
+            "feature": {"stride": int(module.stride), "channels": int(f), "grid": [int(gh), int(gw)]},
+            "threshold": float(threshold),
+            "smoothing_sigma": cfg.scoring.smoothing_sigma,
+            "calibration": {
+                "method": "held-out normal frames, order statistic at the target false-alarm rate",
+                "false_alarm_rate": cfg.scoring.false_alarm_rate,
+                "fit_frames": int(len(fit_idx)),
+                "holdout_frames": int(len(hold_idx)),
+                "holdout_score_quantiles": {q: float(np.quantile(hold_scores, float(q))) for q in ("0.5", "0.9", "0.99", "1.0")},
+                "overridden": cfg.scoring.threshold is not None,
+            },
+            "bank_size": bank.size,
+            "classes": read_classes(data) if data.is_dir() and is_yolo_dir(data) else [],
+            "data": str(data),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": cfg.to_dict(),
+        }
+        write_meta(tmp, meta)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.replace(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    ModelArtifact.load(out)  # the artifact we wrote must load
+    summary = {
+        "model": str(out),
+        "backbone": cfg.model.backbone,
+        "frames": int(n),
+        "fit_frames": int(len(fit_idx)),
+        "holdout_frames": int(len(hold_idx)),
+        "bank_size": bank.size,
+        "feature_grid": [int(f), int(gh), int(gw)],
+        "threshold": round(float(threshold), 6),
+        "seconds": round(time.monotonic() - t_start, 2),
+    }
+    log.info("fitted", **summary)
+    return summary
+
+
+def _plain_model(cfg: Config) -> dict[str, Any]:
+    return json.loads(json.dumps(cfg.to_dict()["model"]))

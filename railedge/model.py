@@ -1,0 +1,161 @@
+"""The fitted model artifact: one directory with everything inference needs.
+
+    model.json     metadata: format, railedge version, backbone and its config, input size,
+                   preprocessing, feature grid, threshold and how it was calibrated, the config
+                   used, SHA-256 of every file
+    backbone.onnx  exported backbone (ONNX Runtime, the edge default)
+    backbone.ts    TorchScript trace (optional)
+    weights.pt     state dict for the eager runtime (optional)
+    bank.npz       the column memory bank
+
+Loading checks the format version, that every listed file exists and matches its checksum, and
+that the bank fits the backbone's feature grid: a corrupt, truncated or mismatched artifact fails
+here with a message that names the file and the fix."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from railedge import __version__
+from railedge.errors import ModelError
+from railedge.preprocess import Preprocess
+from railedge.scoring import AnomalyScorer, ColumnMemoryBank
+
+FORMAT = "railedge.model/1"
+RUNTIME_FILES = {"onnx": "backbone.onnx", "torchscript": "backbone.ts", "eager": "weights.pt"}
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_meta(model_dir: Path, meta: dict[str, Any]) -> None:
+    """Record checksums of every file in the directory and write model.json last, so that a
+    half-written artifact has no model.json and cannot be loaded."""
+    files = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size} for p in sorted(model_dir.iterdir()) if p.is_file() and p.name != "model.json"}
+    meta = dict(meta, format=FORMAT, railedge_version=__version__, files=files)
+    tmp = model_dir / "model.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    tmp.replace(model_dir / "model.json")
+
+
+@dataclass
+class ModelArtifact:
+    path: Path
+    meta: dict[str, Any]
+    preprocess: Preprocess
+    bank: ColumnMemoryBank
+
+    @property
+    def backbone(self) -> str:
+        return str(self.meta["backbone"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.meta["threshold"])
+
+    @property
+    def sigma(self) -> float:
+        return float(self.meta.get("smoothing_sigma", 1.0))
+
+    @property
+    def stride(self) -> int:
+        return int(self.meta["feature"]["stride"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta.get("classes", []))
+
+    def scorer(self) -> AnomalyScorer:
+        return AnomalyScorer(self.bank, self.sigma)
+
+    def has_runtime(self, runtime: str) -> bool:
+        return RUNTIME_FILES[runtime] in self.meta["files"]
+
+    @classmethod
+    def load(cls, path: str | Path, verify: bool = True) -> "ModelArtifact":
+        p = Path(path)
+        if not p.is_dir():
+            raise ModelError(f"model {str(p)!r} does not exist; fit one with 'railedge fit' or fix model.path")
+        meta_path = p / "model.json"
+        if not meta_path.is_file():
+            raise ModelError(f"model {str(p)!r} has no model.json (an unfinished or foreign directory); refit it with 'railedge fit'")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ModelError(f"model {str(p)!r}: model.json is corrupt ({e.__class__.__name__}); refit the model") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else None
+            raise ModelError(f"model {str(p)!r}: format {found!r} is not {FORMAT!r}; refit it with this railedge ({__version__})")
+        for key in ("backbone", "threshold", "feature", "preprocess", "files"):
+            if key not in meta:
+                raise ModelError(f"model {str(p)!r}: model.json lacks {key!r}; refit the model")
+        for name, info in meta["files"].items():
+            f = p / name
+            if not f.is_file():
+                raise ModelError(f"model {str(p)!r}: file {name} is missing; copy the whole model directory or refit")
+            if f.stat().st_size != info["bytes"]:
+                raise ModelError(f"model {str(p)!r}: {name} is {f.stat().st_size} bytes, expected {info['bytes']} (truncated copy?); copy it again or refit")
+            if verify and sha256(f) != info["sha256"]:
+                raise ModelError(f"model {str(p)!r}: {name} fails its SHA-256 check (corrupt); copy it again or refit")
+        if "bank.npz" not in meta["files"]:
+            raise ModelError(f"model {str(p)!r} has no memory bank (bank.npz); refit it")
+        bank = ColumnMemoryBank.load(p / "bank.npz")
+        feat = meta["feature"]
+        if bank.dim != feat["channels"] or bank.columns != feat["grid"][1]:
+            raise ModelError(
+                f"model {str(p)!r}: memory bank ({bank.dim} channels × {bank.columns} columns) does not match the "
+                f"backbone's features ({feat['channels']} × {feat['grid'][1]}); the files come from different fits: refit"
+            )
+        return cls(path=p, meta=meta, preprocess=Preprocess.from_dict(meta["preprocess"]), bank=bank)
+
+    def engine(self, runtime: str, threads: int = 2):
+        """The inference engine for `runtime` (onnx | torchscript | eager)."""
+        if not self.has_runtime(runtime):
+            raise ModelError(
+                f"model {str(self.path)!r} has no {runtime} export ({RUNTIME_FILES[runtime]}); "
+                f"run 'railedge export --model {self.path} --format {runtime}' or set runtime: onnx"
+            )
+        if runtime == "onnx":
+            from railedge.runtime.onnx import OnnxEngine
+
+            return OnnxEngine(self.path / RUNTIME_FILES["onnx"], threads)
+        if runtime == "torchscript":
+            from railedge.runtime.torch_engines import TorchScriptEngine
+
+            return TorchScriptEngine(self.path / RUNTIME_FILES["torchscript"], threads)
+        from railedge.runtime.torch_engines import EagerEngine
+
+        return EagerEngine(self.build_module(), threads)
+
+    def model_config(self):
+        from railedge.config import from_dict
+
+        return from_dict({"model": self.meta["model_config"]}).model
+
+    def build_module(self):
+        """The torch backbone with the fitted weights (needs the [train] extra)."""
+        try:
+            import torch
+        except ImportError:
+            raise ModelError("the eager runtime needs torch: pip install 'railedge[train]', or use runtime: onnx") from None
+        from railedge.backbones import build_backbone
+
+        mcfg = self.model_config()
+        if mcfg.backbone == "resnet" and mcfg.resnet.weights not in ("none",):
+            # the fitted weights come from weights.pt; don't reach for the original file or the hub
+            from dataclasses import replace
+
+            mcfg = replace(mcfg, resnet=replace(mcfg.resnet, weights="none"))
+        module = build_backbone(mcfg)
+        state = torch.load(self.path / RUNTIME_FILES["eager"], map_location="cpu", weights_only=True)
+        module.load_state_dict(state)
+        return module.eval()
