@@ -48,9 +48,10 @@ def extract(
     locator: RailBandLocator,
     pre: Preprocess,
     engine: Callable[[np.ndarray], np.ndarray],
-    batch: int = 8,
+    batch: int = 1,
 ) -> tuple[np.ndarray, list[Band], list[Sample]]:
-    """Features (N,F,h,w) of every sample's rail crop, with the bands used."""
+    """Features (N,F,h,w) of every sample's rail crop, with the bands used. Batch 1 by default:
+    exported graphs are run frame by frame at the edge, and some fold time into the batch."""
     feats, bands, kept, xs = [], [], [], []
 
     def flush() -> None:
@@ -124,7 +125,8 @@ def fit(cfg: Config, data: str | Path, out: str | Path, fmt: str = "auto", seed:
         # The tail is held out as one stretch: neighbouring frames look alike, so interleaving
         # would calibrate on frames the bank has effectively seen.
         fit_idx, hold_idx = np.arange(n - n_hold), np.arange(n - n_hold, n)
-        bank = ColumnMemoryBank.fit(feats[fit_idx], ~masks[fit_idx], cfg.scoring.bank_size, cfg.scoring.column_window, seed)
+        bank = ColumnMemoryBank.fit(feats[fit_idx], ~masks[fit_idx], cfg.scoring.bank_size, cfg.scoring.column_window, seed,
+                                   project_dim=cfg.scoring.project_dim)
         scorer = AnomalyScorer(bank, cfg.scoring.smoothing_sigma)
         hold_scores = np.array([scorer(feats[i], ignore=masks[i])[1] for i in hold_idx])
         threshold = cfg.scoring.threshold if cfg.scoring.threshold is not None else calibrate_threshold(hold_scores, cfg.scoring.false_alarm_rate)

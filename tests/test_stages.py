@@ -218,3 +218,19 @@ def test_tracker_one_chain_per_defect_with_hysteresis():
     assert kinds == ["new", "update", "end"]
     # below the opening threshold, nothing opens
     assert step(20, 0.9) == [] and tr.tracks == []
+
+
+def test_projected_bank_lower_bounds_distances_and_keeps_anomalies(tmp_path):
+    rng = np.random.default_rng(1)
+    train = _features(30, f=40)
+    full = ColumnMemoryBank.fit(train, None, size=10_000)
+    proj = ColumnMemoryBank.fit(train, None, size=10_000, project_dim=8)
+    assert proj.dim == 40 and proj.banks[0].shape[1] == 9
+    q = _features(1, f=40, seed=7)[0]
+    odd = q.copy()
+    odd[:, 5, 1] += rng.normal(0, 3, 40)  # off the normal subspace: caught by the residual coordinate
+    assert (proj.distances(q) <= full.distances(q) + 1e-3).all()
+    d = proj.distances(odd)
+    assert np.unravel_index(d.argmax(), d.shape) == (5, 1) and d.max() > 3 * np.median(d)
+    proj.save(tmp_path / "p.npz")
+    assert np.allclose(ColumnMemoryBank.load(tmp_path / "p.npz").distances(odd), d)

@@ -33,21 +33,56 @@ def greedy_coreset(x: np.ndarray, m: int, rng: np.random.Generator, proj_dim: in
     return chosen
 
 
-class ColumnMemoryBank:
-    """banks[j]: (M_j, F) normal features of feature column j. `distances` gives each patch's
-    Euclidean distance to its nearest normal neighbour within `window` columns."""
+class Projection:
+    """PCA of normal features to k dimensions plus one more: the norm of what PCA leaves out.
 
-    def __init__(self, banks: list[np.ndarray], window: int = 1) -> None:
+    Distances in this space are a lower bound of the full ones that keeps the main directions of
+    normal variation and, through the residual coordinate, anything off them. It makes the
+    nearest-neighbour search cost independent of the backbone's width (PaDiM keeps a random
+    100 of 448 dimensions for the same reason)."""
+
+    def __init__(self, mean: np.ndarray, basis: np.ndarray) -> None:
+        self.mean = np.ascontiguousarray(mean, dtype=np.float32)
+        self.basis = np.ascontiguousarray(basis, dtype=np.float32)  # (F, k), orthonormal columns
+
+    @property
+    def in_dim(self) -> int:
+        return self.basis.shape[0]
+
+    @classmethod
+    def fit(cls, x: np.ndarray, k: int, rng: np.random.Generator, max_rows: int = 20000) -> "Projection":
+        if len(x) > max_rows:
+            x = x[rng.choice(len(x), max_rows, replace=False)]
+        mean = x.mean(0)
+        xc = (x - mean).astype(np.float64)
+        vals, vecs = np.linalg.eigh(xc.T @ xc)
+        return cls(mean, vecs[:, ::-1][:, :k])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """(N, F) → (N, k+1)."""
+        xc = x - self.mean
+        z = xc @ self.basis
+        resid = np.einsum("ij,ij->i", xc, xc) - np.einsum("ij,ij->i", z, z)
+        return np.concatenate([z, np.sqrt(np.maximum(resid, 0.0))[:, None]], axis=1).astype(np.float32)
+
+
+class ColumnMemoryBank:
+    """banks[j]: (M_j, D) normal features of feature column j (projected when `projection` is
+    set). `distances` gives each patch's Euclidean distance to its nearest normal neighbour within
+    `window` columns."""
+
+    def __init__(self, banks: list[np.ndarray], window: int = 1, projection: Projection | None = None) -> None:
         if not banks:
             raise ModelError("memory bank is empty; refit the model on normal footage")
         self.banks = [np.ascontiguousarray(b, dtype=np.float32) for b in banks]
         self.window = window
-        self.dim = self.banks[0].shape[1]
+        self.projection = projection
+        self.dim = projection.in_dim if projection is not None else self.banks[0].shape[1]
         self.columns = len(self.banks)
         # Stack each column's neighbourhood once, padded with far-away rows, for one batched matmul.
         neigh = [np.concatenate(self.banks[max(0, j - window) : j + window + 1]) for j in range(self.columns)]
         mmax = max(len(n) for n in neigh)
-        self._stack = np.zeros((self.columns, self.dim, mmax), np.float32)
+        self._stack = np.zeros((self.columns, self.banks[0].shape[1], mmax), np.float32)
         self._norm = np.full((self.columns, 1, mmax), np.float32(1e30), np.float32)
         for j, n in enumerate(neigh):
             self._stack[j, :, : len(n)] = n.T
@@ -65,20 +100,27 @@ class ColumnMemoryBank:
         size: int,
         window: int = 1,
         seed: int = 0,
+        project_dim: int = 0,
     ) -> "ColumnMemoryBank":
-        """features (N,F,h,w); normal_mask (N,h,w) True where a patch may enter the bank."""
+        """features (N,F,h,w); normal_mask (N,h,w) True where a patch may enter the bank;
+        project_dim > 0 and < F: search in a PCA space of that many dimensions (+ residual)."""
         n, f, h, w = features.shape
         rng = np.random.default_rng(seed)
         per_col = max(1, size // w)
-        banks = []
+        cols = []
         for j in range(w):
             col = features[:, :, :, j].transpose(0, 2, 1).reshape(-1, f)
             if normal_mask is not None:
                 col = col[normal_mask[:, :, j].reshape(-1)]
             if len(col) == 0:
                 raise ModelError(f"no normal patches for feature column {j}; the fitting data is all labelled or empty")
-            banks.append(col[greedy_coreset(col, per_col, rng)])
-        return cls(banks, window)
+            cols.append(col)
+        projection = None
+        if 0 < project_dim < f:
+            projection = Projection.fit(np.concatenate(cols), project_dim, rng)
+            cols = [projection(c) for c in cols]
+        banks = [c[greedy_coreset(c, per_col, rng)] for c in cols]
+        return cls(banks, window, projection)
 
     def distances(self, feats: np.ndarray) -> np.ndarray:
         """feats (F,h,w) → (h,w) nearest-neighbour distances."""
@@ -89,6 +131,8 @@ class ColumnMemoryBank:
                 "the model artifact and backbone disagree: refit or re-export the model"
             )
         q = np.ascontiguousarray(feats.transpose(2, 1, 0))  # (w, h, F)
+        if self.projection is not None:
+            q = self.projection(q.reshape(w * h, f)).reshape(w, h, -1)
         qq = np.einsum("whf,whf->wh", q, q)[:, :, None]
         d2 = np.matmul(q, self._stack)  # (w, h, M)
         d2 *= -2.0
@@ -98,7 +142,8 @@ class ColumnMemoryBank:
         return np.sqrt(best).T  # (h, w)
 
     def save(self, path: Path) -> None:
-        np.savez(path, window=np.int64(self.window), **{f"col{j:04d}": b for j, b in enumerate(self.banks)})
+        extra = {} if self.projection is None else {"proj_mean": self.projection.mean, "proj_basis": self.projection.basis}
+        np.savez(path, window=np.int64(self.window), **extra, **{f"col{j:04d}": b for j, b in enumerate(self.banks)})
 
     @classmethod
     def load(cls, path: Path) -> "ColumnMemoryBank":
@@ -107,6 +152,7 @@ class ColumnMemoryBank:
                 keys = sorted(k for k in z.files if k.startswith("col"))
                 banks = [z[k] for k in keys]
                 window = int(z["window"])
+                projection = Projection(z["proj_mean"], z["proj_basis"]) if "proj_basis" in z.files else None
         except Exception as e:
             raise ModelError(f"memory bank {str(path)!r} cannot be read ({e.__class__.__name__}); the artifact is corrupt: refit it") from None
-        return cls(banks, window)
+        return cls(banks, window, projection)
