@@ -57,9 +57,10 @@ class CaptureThread:
                     except queue.Empty:
                         pass
                 elif item is _END and self._stop.is_set():
-                    # consumer gone: make room for the end marker rather than hang
+                    # consumer gone: make room for the end marker rather than hang, and count it
                     try:
                         self.q.get_nowait()
+                        self.dropped += 1
                     except queue.Empty:
                         pass
 

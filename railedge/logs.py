@@ -32,7 +32,8 @@ def setup_logging(level: str = "info", fmt: str = "auto") -> None:
 
 
 def get_logger(name: str, **context: Any) -> Any:
-    return structlog.get_logger(name).bind(**context)
+    """A lazy logger: it picks up setup_logging() even when created at import time."""
+    return structlog.get_logger(name, **context)
 
 
 class RateLimitedLog:

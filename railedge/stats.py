@@ -1,7 +1,10 @@
-"""Latency percentiles and rates."""
+"""Latency percentiles, rates over an interval, and the process's resident memory."""
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from collections import defaultdict, deque
 
 import numpy as np
@@ -42,3 +45,55 @@ def format_latency_table(latency: dict[str, dict[str, float]]) -> str:
     for k, v in latency.items():
         rows.append(f"{k:<12}{v['p50']:>10.2f}{v['p95']:>10.2f}{v['p99']:>10.2f}")
     return "\n".join(rows)
+
+
+class RateMeter:
+    """Per-second rates of monotonically growing counters, between successive `sample` calls.
+
+        m = RateMeter(); m.sample({"in": 0, "done": 0})
+        ... later: m.sample({"in": 250, "done": 240}) -> {"in": 25.0, "done": 24.0} over 10 s"""
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._t: float | None = None
+
+    def sample(self, totals: dict[str, float], now: float | None = None) -> dict[str, float]:
+        now = self._clock() if now is None else now
+        dt = None if self._t is None else now - self._t
+        out = {}
+        for k, v in totals.items():
+            prev = self._last.get(k)
+            if dt is None or dt <= 0 or prev is None:
+                out[k] = 0.0
+            else:
+                out[k] = round(max(0.0, (v - prev) / dt), 3)  # a counter reset never gives a negative rate
+        self._last = dict(totals)
+        self._t = now
+        return out
+
+
+def rss_bytes() -> int | None:
+    """Resident memory of this process now (Linux /proc; None where it cannot be read)."""
+    return rss_bytes_of(os.getpid())
+
+
+def rss_bytes_of(pid: int) -> int | None:
+    """Resident memory of process `pid` (VmRSS from /proc/<pid>/status), None when unknown."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    if pid == os.getpid() and sys.platform == "darwin":  # pragma: no cover - peak, not current
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return None
+
+
+def rss_mb() -> float | None:
+    b = rss_bytes()
+    return None if b is None else round(b / 2**20, 1)
