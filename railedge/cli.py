@@ -79,7 +79,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     source = args.source or cfg.source.uri
     s = replay(cfg, source, Path(args.events_out) if args.events_out else None,
-               Path(args.frames_out) if args.frames_out else None, pace=args.pace, max_frames=args.max_frames, on_event=show)
+               Path(args.frames_out) if args.frames_out else None, pace=args.pace, max_frames=args.max_frames, on_event=show,
+               run_dir=Path(args.run_dir) if args.run_dir else None)
     if args.json:
         _out(s)
         return 0
@@ -92,6 +93,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     )
     if s["skipped_files"]:
         sys.stdout.write(f"skipped unreadable files: {', '.join(s['skipped_files'])}\n")
+    if args.run_dir:
+        sys.stdout.write(f"run directory: {args.run_dir} (railedge report {args.run_dir})\n")
     return 0
 
 
@@ -139,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--frames-out", help="write one JSON line per frame")
     c.add_argument("--pace", choices=["max", "realtime"], default="max")
     c.add_argument("--max-frames", type=int)
+    c.add_argument("--run-dir", help="write a run directory (run.json, events.jsonl, frames.jsonl, snapshots/) for 'railedge report'")
     c.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     c.set_defaults(func=cmd_replay)
 

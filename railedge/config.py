@@ -43,6 +43,9 @@ class SourceConfig:
     live: bool | None = _f(None, help="drop oldest frames when inference falls behind; default: true for cameras, false for files")
     watchdog_s: float = _f(5.0, min=0.1, help="seconds without a frame before a camera is reopened")
     reduce: Literal[1, 2, 4, 8] = _f(1, help="decode JPEG/PNG images at 1/N size (faster; only for image folders)")
+    width: int = _f(0, min=0, help="cameras (V4L2): requested frame width; 0 keeps the driver's default")
+    height: int = _f(0, min=0, help="cameras (V4L2): requested frame height; 0 keeps the driver's default")
+    fourcc: str | None = _f(None, help="cameras (V4L2): requested pixel format, e.g. MJPG or YUYV")
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class ModelConfig:
 class ScoringConfig:
     bank_size: int = _f(4096, min=16, help="memory-bank size bound after coreset selection")
     column_window: int = _f(1, min=0, help="patches match bank entries within this many feature columns")
+    project_dim: int = _f(64, min=0, help="search in a PCA space of this many dimensions (+1 residual); 0: full features")
     smoothing_sigma: float = _f(1.0, min=0.0, help="Gaussian blur of the anomaly map, in feature cells")
     false_alarm_rate: float = _f(0.01, min=0.0, max=0.5, help="target rate of normal frames above threshold")
     threshold: float | None = _f(None, help="override the calibrated threshold")
@@ -99,6 +103,48 @@ class EventsConfig:
     min_area_px: int = _f(64, min=0, help="boxes smaller than this (frame pixels) are dropped")
     merge_gap_px: int = _f(16, min=0, help="boxes closer than this are merged into one defect")
     alarm_classes: tuple[str, ...] = ("defect",)
+    confirm_frames: int = _f(
+        2, min=1, max=1000,
+        help="frames a defect must be seen in before its 'new' event (one that leaves the view first, seen in most "
+        "frames that showed it, is confirmed as it leaves)",
+    )
+    stay_ratio: float = _f(
+        0.85, min=0.0, max=1.0,
+        help="hysteresis: a defect stays open while its peak is above median(map) + stay_ratio x (threshold - median(map)); "
+        "it opens only above the threshold",
+    )
+    end_after_frames: int = _f(2, min=0, max=1000, help="a defect not seen for more than this many frames has ended (sooner when it is known to have left the view)")
+    update_ratio: float = _f(1.1, min=1.0, help="send 'update' when a defect's peak score rises above its last reported peak x this")
+
+
+@dataclass(frozen=True)
+class PositionConfig:
+    speed_mps: float | None = _f(None, min=0.0, help="constant train speed: chainage = start_chainage_m + speed x frame time")
+    start_chainage_m: float = _f(0.0, help="chainage of the first frame's middle row, metres")
+    mm_per_px: float | None = _f(
+        None, min=1e-6,
+        help="rail length along the track per image row (full-size pixels): places boxes along the track and predicts "
+        "where a defect moves between frames",
+    )
+    linescan: bool = _f(False, help="frames are consecutive line-scan images that abut (image i+1 continues image i)")
+    direction: Literal["down", "up"] = _f(
+        "down", help="how the rail moves through the image: down = the top row is furthest ahead (content scrolls down)"
+    )
+    csv: str | None = _f(None, help="replays: position log (CSV with t, frame or source, and chainage_m and/or lat, lon)")
+    time_origin: str | None = _f(
+        None, help="CSV time (seconds or ISO-8601) of the first frame; default: the log's first row"
+    )
+    mqtt_topic: str | None = _f(None, help="live: odometry/GNSS fixes (JSON chainage_m, lat, lon, t, speed_mps) on the mqtt broker")
+    max_age_s: float = _f(5.0, min=0.0, help="a live fix older than this gives no position")
+
+
+@dataclass(frozen=True)
+class SnapshotsConfig:
+    enabled: bool = _f(True, help="save each defect's best frame (rail crop, heat-map overlaid) as JPEG")
+    dir: str = _f("snapshots", help="folder for snapshots; relative paths are inside state_dir")
+    max_mb: float = _f(200.0, min=0.01, help="disk bound for the folder: the oldest snapshots are removed first")
+    quality: int = _f(85, min=10, max=100, help="JPEG quality")
+    max_side_px: int = _f(1024, min=64, max=8192, help="longest side of a snapshot; larger crops are scaled down")
 
 
 @dataclass(frozen=True)
@@ -113,8 +159,10 @@ class TlsConfig:
 @dataclass(frozen=True)
 class OutboxConfig:
     max_rows: int = _f(200000, min=10, help="bound on queued messages; stats and snapshots give way first")
-    synchronous: Literal["full", "normal"] = _f(
-        "full", help="full: a queued event survives power loss (fsync per event); normal: survives a crash, faster"
+    synchronous: Literal["group", "full"] = _f(
+        "group",
+        help="group: put returns after a crash-safe commit and a background fsync follows within milliseconds, "
+        "shared by bursts; full: put returns only after its own fsync (power-loss safe on return, slower)",
     )
 
 
@@ -140,6 +188,49 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class CompareConfig:
+    model_path: str | None = _f(None, help="railedge run: a second fitted model (e.g. ResNet-18) scored beside the main one")
+    every_n: int = _f(10, min=1, help="run the comparison model on every Nth processed frame")
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    queue_size: int = _f(8, min=1, max=1024, help="frames held between capture and inference")
+    recover_s: float = _f(2.0, min=0.0, help="frames must flow this long before 'degraded' turns back to 'online'")
+    reopen_max_s: float = _f(30.0, min=0.1, help="longest wait between camera reopen attempts (exponential backoff)")
+    drain_timeout_s: float = _f(10.0, min=0.0, help="on SIGTERM, at most this long to finish the queued frames")
+    reload_model: bool = _f(True, help="SIGHUP also reloads the model files (a new fit deployed in place)")
+    status_interval_s: float = _f(5.0, min=0.5, help="how often the systemd STATUS= line is refreshed")
+    events_out: str | None = _f(None, help="also append every event to this JSON-lines file")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """`railedge train`: labelled (boxes or masks) or normal-only (synthetic defects pasted in)."""
+
+    epochs: int = _f(8, min=1, max=10000, help="passes over the training tiles")
+    batch_size: int = _f(8, min=1, max=4096, help="tiles per optimiser step")
+    tile_rows: int = _f(128, min=8, max=4096, help="training tile height in model-input rows (full input width; multiple of 8)")
+    tiles_per_image: int = _f(2, min=1, max=64, help="tiles drawn from each training image per epoch (half centred on labelled regions)")
+    lr: float = _f(0.002, min=0.0, help="AdamW learning rate (cosine decay to 5% over the run)")
+    weight_decay: float = _f(0.0001, min=0.0)
+    head_width: int = _f(64, min=4, max=4096, help="channels of the per-patch head (3x3 conv, 3x3 conv, 1x1 logits)")
+    seed: int = _f(0, min=0, help="initialisation, tile sampling and augmentation: a fixed seed reproduces the run")
+    val_fraction: float = _f(0.2, min=0.05, max=0.9, help="share of images (whole recording runs) held out to validate and calibrate when no --val is given")
+    checkpoint_every: int = _f(25, min=1, help="optimiser steps between checkpoints (resume after interruption)")
+    augment: bool = _f(True, help="flips, brightness/contrast jitter and noise")
+    synthetic_fraction: float = _f(0.6, min=0.0, max=1.0, help="normal-only mode: share of tiles given a pasted synthetic defect")
+    val_false_alarms_per_frame: float = _f(
+        0.1, min=0.0, help="labelled mode: threshold = the lowest at which alarm boxes on the held-out runs give at most "
+        "this many false alarms per frame (normal-only mode calibrates at scoring.false_alarm_rate, as fit)"
+    )
+    normal_scoring: Literal["head", "bank"] = _f(
+        "head", help="normal-only mode: score with the trained anomaly head, or with a memory bank of the trained features (as fit)"
+    )
+    threads: int = _f(2, min=1, max=256, help="torch threads for training")
+
+
+@dataclass(frozen=True)
 class Config:
     device: DeviceConfig = _f(factory=DeviceConfig)
     state_dir: str = "state"
@@ -151,7 +242,12 @@ class Config:
     threads: int = _f(2, min=1, max=256, help="inference threads")
     scoring: ScoringConfig = _f(factory=ScoringConfig)
     events: EventsConfig = _f(factory=EventsConfig)
+    position: PositionConfig = _f(factory=PositionConfig)
+    snapshots: SnapshotsConfig = _f(factory=SnapshotsConfig)
     mqtt: MqttConfig = _f(factory=MqttConfig)
+    compare: CompareConfig = _f(factory=CompareConfig)
+    daemon: DaemonConfig = _f(factory=DaemonConfig)
+    train: TrainConfig = _f(factory=TrainConfig)
 
     def to_dict(self) -> dict:
         return _to_plain(self)

@@ -21,11 +21,8 @@ log = get_logger("railedge.replay")
 
 
 def open_sinks(cfg: Config, model: ModelArtifact, events_out: Path | None) -> list[Any]:
+    """The durable outbox comes first: an event is on disk before any other sink shows it."""
     sinks: list[Any] = []
-    if events_out is not None:
-        from railedge.sinks.jsonl import JsonlWriter
-
-        sinks.append(JsonlWriter(events_out))
     if cfg.mqtt.enabled:
         from railedge.sinks.mqtt import MqttPublisher
 
@@ -37,6 +34,10 @@ def open_sinks(cfg: Config, model: ModelArtifact, events_out: Path | None) -> li
         )
         pub.start()
         sinks.append(pub)
+    if events_out is not None:
+        from railedge.sinks.jsonl import JsonlWriter
+
+        sinks.append(JsonlWriter(events_out))
     return sinks
 
 
@@ -76,12 +77,30 @@ def replay(
     max_frames: int | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     on_frame: Callable[[FrameOutcome], None] | None = None,
+    run_dir: Path | None = None,
 ) -> dict[str, Any]:
+    """Replay `source_uri` through the fitted model. With `run_dir`, also write a run directory for
+    `railedge report`: run.json (summary, config, model, source), events.jsonl, frames.jsonl and
+    snapshots/ (see `write_run`)."""
     model = ModelArtifact.load(cfg.model.path)
     engine = model.engine(cfg.runtime, cfg.threads)
     source = open_source(source_uri, cfg.source)
+    started = time.time()
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        frames_out = frames_out or run_dir / "frames.jsonl"
     sinks = open_sinks(cfg, model, events_out)
-    pipeline = Pipeline(cfg, model, engine, sinks)
+    if run_dir is not None:
+        from railedge.sinks.jsonl import JsonlWriter
+
+        run_events = run_dir / "events.jsonl"
+        if run_events.exists() and (events_out is None or Path(events_out).resolve() != run_events.resolve()):
+            run_events.unlink()  # a run directory describes one replay
+        if events_out is None or Path(events_out).resolve() != run_events.resolve():
+            sinks.append(JsonlWriter(run_events))
+    pipeline = Pipeline(cfg, model, engine, sinks, fps=source.fps, live=False,
+                        snapshot_dir=(run_dir / "snapshots") if run_dir is not None else None)
     stats = LatencyStats()
     frames_file = open(frames_out, "w", encoding="utf-8") if frames_out else None
     total = getattr(source, "frame_count", None) or (len(source.files) if hasattr(source, "files") else None)
@@ -131,6 +150,7 @@ def replay(
             else:
                 sink.close()
         source.close()
+        pipeline.close()
     summary = {
         "source": source_uri,
         "model": str(model.path),
@@ -148,8 +168,51 @@ def replay(
         "latency_ms": stats.percentiles(),
         "mqtt": mqtt_summary,
     }
+    if pipeline.snapshots is not None:
+        summary["snapshots"] = {"dir": str(pipeline.snapshots.folder), "bytes": pipeline.snapshots.total_bytes,
+                                "removed": pipeline.snapshots.removed}
+    if run_dir is not None:
+        write_run(run_dir, cfg, model, source_uri, source.fps, summary, started)
     log.info("replay_done", frames=n, fps=summary["fps"], events=summary["events"], defects=len(ids))
     return summary
+
+
+def find_truth(source_uri: str) -> Path | None:
+    """defects.json written by `railedge synth` beside the footage (track.mp4 or frames/images)."""
+    p = Path(source_uri)
+    for d in [p.parent, p, *p.parents[:3]] if p.exists() else []:
+        if (d / "defects.json").is_file():
+            return d / "defects.json"
+    return None
+
+
+def write_run(run_dir: Path, cfg: Config, model: ModelArtifact, source_uri: str, fps: float | None,
+              summary: dict[str, Any], started: float) -> Path:
+    """run.json: what `railedge report` needs besides events.jsonl, frames.jsonl and snapshots/."""
+    truth = find_truth(source_uri)
+    run = {
+        "format": "railedge.run/1",
+        "started": started,
+        "finished": time.time(),
+        "source": str(Path(source_uri).resolve()) if Path(source_uri).exists() else source_uri,
+        "fps": fps,
+        "summary": summary,
+        "config": cfg.to_dict(),
+        "model": {
+            "path": str(model.path.resolve()),
+            "backbone": model.backbone,
+            "threshold": model.threshold,
+            "input": [model.preprocess.height, model.preprocess.width],
+            "stride": model.stride,
+            "calibration": model.meta.get("calibration"),
+        },
+        "truth": str(truth.resolve()) if truth else None,
+    }
+    path = run_dir / "run.json"
+    tmp = path.with_name("run.json.tmp")
+    tmp.write_text(json.dumps(run, indent=2))
+    tmp.replace(path)
+    return path
 
 
 def _account(events: list[dict[str, Any]], counts: Counter[str], ids: set[str], on_event: Callable | None) -> None:

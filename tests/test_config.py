@@ -5,7 +5,7 @@ import pytest
 
 from railedge.config import Config, load_config, mqtt_password
 from railedge.errors import ConfigError
-from tests.conftest import ROOT
+from conftest import ROOT
 
 
 def test_default_yaml_matches_builtin_defaults():

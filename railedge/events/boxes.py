@@ -12,7 +12,12 @@ from railedge.values import Box, Crop
 
 @dataclass(frozen=True)
 class BoxFinder:
-    """Connected regions of the map above threshold, small ones dropped, near ones merged."""
+    """Connected regions of the map above a level, small ones dropped, near ones merged.
+
+    Regions merge when the gap between their boxes is at most `merge_gap_px` plus one feature cell
+    on that axis: the map is blurred over about a cell, so a one-cell dip between two regions is a
+    fragment boundary, not two defects (on 2000-row line-scan images a cell is about 30 px, more than
+    any fixed pixel gap that suits small video frames)."""
 
     stride: int
     input_hw: tuple[int, int]
@@ -34,7 +39,7 @@ class BoxFinder:
             x0 = band.x0 * scale + c * sx
             y0 = band.y0 * scale + r * sy
             raw.append([x0, y0, x0 + w * sx, y0 + h * sy, peak])
-        merged = _merge(raw, self.merge_gap_px)
+        merged = _merge(raw, self.merge_gap_px + sx, self.merge_gap_px + sy)
         out = []
         for x0, y0, x1, y1, peak in merged:
             b = Box(int(round(x0)), int(round(y0)), int(round(x1 - x0)), int(round(y1 - y0)), round(peak, 6))
@@ -44,8 +49,8 @@ class BoxFinder:
         return tuple(out)
 
 
-def _merge(boxes: list[list[float]], gap: float) -> list[list[float]]:
-    """Merge boxes whose gap is at most `gap` pixels until none are that close (fragments of one defect)."""
+def _merge(boxes: list[list[float]], gap_x: float, gap_y: float) -> list[list[float]]:
+    """Merge boxes whose gaps are at most `gap_x`/`gap_y` pixels until none are that close (fragments of one defect)."""
     boxes = [b[:] for b in boxes]
     changed = True
     while changed and len(boxes) > 1:
@@ -53,7 +58,7 @@ def _merge(boxes: list[list[float]], gap: float) -> list[list[float]]:
         for i in range(len(boxes)):
             for j in range(i + 1, len(boxes)):
                 a, b = boxes[i], boxes[j]
-                if a[0] - gap <= b[2] and b[0] - gap <= a[2] and a[1] - gap <= b[3] and b[1] - gap <= a[3]:
+                if a[0] - gap_x <= b[2] and b[0] - gap_x <= a[2] and a[1] - gap_y <= b[3] and b[1] - gap_y <= a[3]:
                     boxes[i] = [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]), max(a[4], b[4])]
                     del boxes[j]
                     changed = True
