@@ -6,7 +6,13 @@
     backbone.onnx  exported backbone (ONNX Runtime, the edge default)
     backbone.ts    TorchScript trace (optional)
     weights.pt     state dict for the eager runtime (optional)
-    bank.npz       the column memory bank
+    bank.npz       the column memory bank (models that score with a memory bank)
+    training.json  how a trained model was trained: data, split, curve (railedge train only)
+
+`meta["scoring"]` says how the graph's output is scored: {"mode": "bank"} (the default, what
+`railedge fit` writes: the graph gives patch features, scored against bank.npz) or {"mode": "head",
+"classes": [...], "normal_channel": 0, "defect_channel": 1, "head": {...}} (written by
+`railedge train`: the graph is backbone + per-patch head and gives class probabilities).
 
 Loading checks the format version, that every listed file exists and matches its checksum, and
 that the bank fits the backbone's feature grid: a corrupt, truncated or mismatched artifact fails
@@ -24,6 +30,7 @@ from railedge import __version__
 from railedge.errors import ModelError
 from railedge.preprocess import Preprocess
 from railedge.scoring import AnomalyScorer, ColumnMemoryBank
+from railedge.scoring.head import HeadScorer
 
 FORMAT = "railedge.model/1"
 RUNTIME_FILES = {"onnx": "backbone.onnx", "torchscript": "backbone.ts", "eager": "weights.pt"}
@@ -52,7 +59,7 @@ class ModelArtifact:
     path: Path
     meta: dict[str, Any]
     preprocess: Preprocess
-    bank: ColumnMemoryBank
+    bank: ColumnMemoryBank | None
 
     @property
     def backbone(self) -> str:
@@ -74,7 +81,25 @@ class ModelArtifact:
     def classes(self) -> list[str]:
         return list(self.meta.get("classes", []))
 
-    def scorer(self) -> AnomalyScorer:
+    @property
+    def scoring(self) -> dict[str, Any]:
+        return dict(self.meta.get("scoring") or {"mode": "bank"})
+
+    @property
+    def has_head(self) -> bool:
+        """The graph ends in a class head: the scorer knows classes (`classify`)."""
+        return self.scoring.get("mode") == "head"
+
+    @property
+    def head_classes(self) -> list[str]:
+        """The head's output channels in order ("normal" first); empty for memory-bank models."""
+        return list(self.scoring.get("classes", [])) if self.has_head else []
+
+    def scorer(self) -> AnomalyScorer | HeadScorer:
+        """`scorer(feats) -> (map, score)`; head models' scorer also has `classify(feats, cells)`."""
+        if self.has_head:
+            return HeadScorer(self.head_classes, self.sigma, int(self.scoring.get("normal_channel", 0)))
+        assert self.bank is not None
         return AnomalyScorer(self.bank, self.sigma)
 
     def has_runtime(self, runtime: str) -> bool:
@@ -106,10 +131,22 @@ class ModelArtifact:
                 raise ModelError(f"model {str(p)!r}: {name} is {f.stat().st_size} bytes, expected {info['bytes']} (truncated copy?); copy it again or refit")
             if verify and sha256(f) != info["sha256"]:
                 raise ModelError(f"model {str(p)!r}: {name} fails its SHA-256 check (corrupt); copy it again or refit")
+        scoring = meta.get("scoring") or {"mode": "bank"}
+        mode = scoring.get("mode") if isinstance(scoring, dict) else None
+        feat = meta["feature"]
+        if mode == "head":
+            classes = scoring.get("classes")
+            if not isinstance(classes, list) or len(classes) < 2 or len(classes) != feat.get("channels"):
+                raise ModelError(
+                    f"model {str(p)!r}: its head names classes {classes!r} but the graph gives {feat.get('channels')} "
+                    "channels; the files come from different runs: retrain it with 'railedge train'"
+                )
+            return cls(path=p, meta=meta, preprocess=Preprocess.from_dict(meta["preprocess"]), bank=None)
+        if mode != "bank":
+            raise ModelError(f"model {str(p)!r}: scoring mode {mode!r} is unknown (bank | head); refit it with this railedge ({__version__})")
         if "bank.npz" not in meta["files"]:
             raise ModelError(f"model {str(p)!r} has no memory bank (bank.npz); refit it")
         bank = ColumnMemoryBank.load(p / "bank.npz")
-        feat = meta["feature"]
         if bank.dim != feat["channels"] or bank.columns != feat["grid"][1]:
             raise ModelError(
                 f"model {str(p)!r}: memory bank ({bank.dim} channels × {bank.columns} columns) does not match the "
@@ -156,6 +193,10 @@ class ModelArtifact:
 
             mcfg = replace(mcfg, resnet=replace(mcfg.resnet, weights="none"))
         module = build_backbone(mcfg)
+        if self.has_head:
+            from railedge.train.net import HeadedBackbone
+
+            module = HeadedBackbone.from_meta(module, self.scoring)
         state = torch.load(self.path / RUNTIME_FILES["eager"], map_location="cpu", weights_only=True)
         module.load_state_dict(state)
         return module.eval()

@@ -12,7 +12,7 @@ import pytest
 
 from railedge.errors import ModelError
 from railedge.model import ModelArtifact
-from tests.conftest import RAILEDGE
+from conftest import RAILEDGE
 
 
 def _copy(model, tmp_path):
@@ -49,8 +49,8 @@ def test_runtimes_agree_on_decisions(small_model, footage):
     for rt in ("onnx", "torchscript", "eager"):
         if not m.has_runtime(rt):
             pytest.fail(f"fit did not export {rt}")
-        feats = m.engine(rt, 2)(x)
-        scores[rt] = np.array([scorer(f)[1] for f in feats])
+        engine = m.engine(rt, 2)
+        scores[rt] = np.array([scorer(engine(xi[None])[0])[1] for xi in x])
     for rt in ("torchscript", "eager"):
         np.testing.assert_array_equal(scores[rt] > m.threshold, scores["onnx"] > m.threshold)
         np.testing.assert_allclose(scores[rt], scores["onnx"], rtol=0.05, atol=0.05)

@@ -21,13 +21,13 @@ def export_onnx(module: nn.Module, height: int, width: int, path: Path, opset: i
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # The legacy exporter keeps weights inside the .onnx file (dynamo writes a side .onnx.data).
+        # Batch 1, as frames arrive at the edge: the SNN folds time into the batch axis.
         torch.onnx.export(
             module,
             (x,),
             str(path),
             input_names=["input"],
             output_names=["features"],
-            dynamic_axes={"input": {0: "batch"}, "features": {0: "batch"}},
             opset_version=opset,
             dynamo=False,
         )

@@ -1,0 +1,213 @@
+"""`railedge train`: a tiny model trained for a few steps on tiny synthetic footage; resume and seeds
+reproduce it exactly; the artifact runs through ONNX Runtime with class output; classes reach events."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import RAILEDGE
+from railedge.config import load_config
+from railedge.errors import DataError
+from railedge.model import ModelArtifact
+
+TINY = ["model.input_height=128", "model.input_width=32", "model.snn.time_steps=4", "train.tile_rows=64",
+        "train.epochs=1", "train.tiles_per_image=1", "train.batch_size=8", "train.checkpoint_every=2",
+        "train.head_width=16", "mqtt.enabled=false", "log.level=warning"]
+
+
+def tiny_cfg(*extra: str):
+    return load_config(None, TINY + list(extra))
+
+
+def _state(model_dir: Path) -> dict:
+    import torch
+
+    return torch.load(model_dir / "weights.pt", map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def footage(tmp_path_factory) -> Path:
+    """Smaller than the shared fixture: 40 small frames train in a few seconds."""
+    from railedge.synth import make_footage
+
+    out = tmp_path_factory.mktemp("tiny_footage")
+    make_footage(out, frames=40, seed=5, normal_frames=24, width=192, height=160)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(footage, tmp_path_factory) -> Path:
+    from railedge.train.trainer import train
+
+    out = tmp_path_factory.mktemp("trained") / "snn"
+    s = train(tiny_cfg(), footage / "frames", out)
+    assert s["mode"] == "labelled" and s["scoring"] == "head"
+    return out
+
+
+def test_artifact_has_head_and_runs_in_onnx_runtime(trained, footage):
+    from railedge.runtime.onnx import OnnxEngine
+    from railedge.train.data import load_frames
+
+    m = ModelArtifact.load(trained)
+    assert m.has_head and m.head_classes == ["normal", "defect", "dirt", "gap"]
+    assert m.bank is None and {"backbone.onnx", "weights.pt", "training.json", "training_curve.png"} <= set(m.meta["files"])
+    assert 0.0 < m.threshold < 1.0 and m.meta["calibration"]["holdout_frames"] > 0
+    fs = load_frames(footage / "frames", "yolo", m.preprocess, tiny_cfg().roi)
+    x = np.stack([f.x for f in fs.frames[:6]])[:, None]
+    onnx = OnnxEngine(trained / "backbone.onnx")
+    probs = np.concatenate([onnx(x[i: i + 1]) for i in range(len(x))])  # frame by frame, as at the edge
+    assert probs.shape == (6, 4, 128 // 8, 32 // 8)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+    scorer = m.scorer()
+    amap, score = scorer(probs[0])
+    assert amap.shape == (16, 4) and score == pytest.approx(float(amap.max()))
+    cls, cs = scorer.classify(probs[0], np.ones((16, 4), bool))
+    assert cls in ("defect", "dirt", "gap") and 0.0 <= cs <= 1.0
+    # the eager module (weights.pt) gives the same probabilities as the exported graph
+    eager = np.concatenate([m.engine("eager")(x[i: i + 1]) for i in range(len(x))])
+    np.testing.assert_allclose(eager, probs, atol=0.05)
+    assert (np.abs(eager - probs) < 1e-3).mean() > 0.95
+    assert m.has_runtime("torchscript")
+    ts = np.concatenate([m.engine("torchscript")(x[i: i + 1]) for i in range(len(x))])
+    np.testing.assert_allclose(ts, probs, atol=0.05)
+    curve = json.loads((trained / "training.json").read_text())["curve"]
+    assert curve["epochs"] and curve["epochs"][0]["val_loss"] > 0 and len(curve["steps"]) == curve["epochs"][-1]["step"]
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(footage, tmp_path):
+    """A run stopped at step 5 and resumed gives the same weights, bit for bit, as one that was
+    never stopped; both are separate runs of the same seed, so the seed reproduces the model."""
+    from railedge.train.trainer import TrainingStopped, train
+
+    cfg = tiny_cfg("train.epochs=2")  # 8 steps: stop inside the second epoch
+    with pytest.raises(TrainingStopped) as e:
+        train(cfg, footage / "frames", tmp_path / "a", stop_after=5)
+    assert e.value.step == 5 and e.value.checkpoint.is_file()
+    train(cfg, footage / "frames", tmp_path / "a")
+    assert not (tmp_path / "a.train").exists()  # the checkpoint goes once the model is written
+    train(cfg, footage / "frames", tmp_path / "b")
+    sa, sb = _state(tmp_path / "a"), _state(tmp_path / "b")
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert np.array_equal(sa[k].numpy(), sb[k].numpy()), k
+    ca = json.loads((tmp_path / "a" / "training.json").read_text())["curve"]
+    cb = json.loads((tmp_path / "b" / "training.json").read_text())["curve"]
+    assert ca["steps"] == cb["steps"]
+
+
+def test_other_seed_differs_and_foreign_checkpoint_is_refused(footage, tmp_path, trained):
+    from railedge.train.trainer import TrainingStopped, train
+
+    with pytest.raises(TrainingStopped):
+        train(tiny_cfg("train.seed=1"), footage / "frames", tmp_path / "c", stop_after=2)
+    with pytest.raises(DataError, match="--restart"):
+        train(tiny_cfg("train.seed=2"), footage / "frames", tmp_path / "c", stop_after=2)
+    with pytest.raises(TrainingStopped):
+        train(tiny_cfg("train.seed=2"), footage / "frames", tmp_path / "c", stop_after=2, restart=True)
+    import torch
+
+    ck = torch.load(tmp_path / "c.train" / "checkpoint.pt", weights_only=False)["model"]
+    ref = _state(trained)
+    assert any(not torch.equal(ck[k], ref[k]) for k in ref if ref[k].dtype.is_floating_point)
+
+
+def test_cli_train_progress_stop_and_resume(footage, tmp_path):
+    args = RAILEDGE + ["train", "--data", str(footage / "frames"), "--out", str(tmp_path / "m")]
+    for s in TINY:
+        args += ["--set", s]
+    r = subprocess.run(args + ["--stop-after", "3"], capture_output=True, text=True)
+    assert r.returncode == 3 and "run the same command again to resume" in r.stderr, r.stderr
+    r = subprocess.run(args, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "resuming at step 3" in r.stderr and "step 4/4" in r.stderr  # progress bar
+    assert "epoch  train loss" in r.stdout and "training_curve.png" in r.stdout
+    assert ModelArtifact.load(tmp_path / "m").has_head
+
+
+@pytest.mark.parametrize("scoring", ["head", "bank"])
+def test_normal_only_mode(footage, tmp_path, scoring):
+    from railedge.train.trainer import train
+
+    s = train(tiny_cfg(f"train.normal_scoring={scoring}"), footage / "normal", tmp_path / "n")
+    assert s["mode"] == "normal" and s["scoring"] == scoring
+    m = ModelArtifact.load(tmp_path / "n")
+    if scoring == "head":
+        assert m.head_classes == ["normal", "defect"]
+    else:
+        assert not m.has_head and m.bank is not None and m.bank.dim == m.meta["feature"]["channels"]
+    assert m.meta["trained"]["mode"] == "normal"
+
+
+def test_classes_reach_events(trained, footage, tmp_path):
+    """With a class head every event carries class, class_score and alarm; classes outside
+    events.alarm_classes are published with alarm false. The events stay schema-valid."""
+    import jsonschema
+
+    from railedge.schemas import __file__ as schemas_init
+
+    schema = json.loads((Path(schemas_init).parent / "event.json").read_text())
+    ev_file = tmp_path / "ev.jsonl"
+    args = RAILEDGE + ["replay", "--model", str(trained), str(footage / "track.mp4"), "--events-out", str(ev_file),
+                       "--set", "scoring.threshold=0.02", "--set", "events.alarm_classes=[dirt]",
+                       "--set", "snapshots.enabled=false", "--set", "mqtt.enabled=false", "--max-frames", "40"]
+    r = subprocess.run(args, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in ev_file.read_text().splitlines()]
+    assert events, "a near-zero threshold must give events"
+    for ev in events:
+        jsonschema.validate(ev, schema)
+        assert ev["class"] in ("defect", "dirt", "gap") and 0.0 <= ev["class_score"] <= 1.0
+        assert ev["alarm"] is (ev["class"] == "dirt")
+
+
+def test_labelled_training_needs_labels(footage, tmp_path):
+    from railedge.train.trainer import train
+
+    with pytest.raises(DataError, match="no labels"):
+        train(tiny_cfg(), footage / "normal", tmp_path / "x", mode="labelled")
+
+
+def test_synthetic_defects_are_deterministic_and_masked():
+    from railedge.synthetic_defects import KINDS, paste
+
+    rng = np.random.default_rng(0)
+    x = (0.5 + 0.03 * rng.standard_normal((128, 32))).astype(np.float32)
+    for kind in KINDS:
+        a, ma, ka = paste(x, np.random.default_rng(7), kinds=(kind,))
+        b, mb, _ = paste(x, np.random.default_rng(7), kinds=(kind,))
+        assert ka == kind and np.array_equal(a, b) and np.array_equal(ma, mb)
+        assert ma.any(), kind
+        changed = np.abs(a - x) > 0.06 * 0.5
+        assert (ma[changed] > 0).mean() > 0.5, kind  # the mask covers what visibly changed
+        assert changed[ma == 0].mean() < 0.05, kind  # and little changes outside it
+
+
+def test_split_by_run_holds_out_whole_runs():
+    from railedge.train.data import LabelledFrame, split_by_run
+    from railedge.values import Band
+
+    names = [f"{r}{i:06d}.jpg" for r, n in (("1000001", 10), ("1000002", 6), ("1000003", 4)) for i in range(n)]
+    frames = [LabelledFrame(n, np.zeros((8, 8), np.float32), None, None, Band(0, 8, 0, 8), 1.0, (8, 8)) for n in names]
+    tr, ho = split_by_run(frames, 0.2)
+    assert {frames[i].run for i in ho} == {"1000003"} and len(tr) == 16
+    assert not {frames[i].run for i in tr} & {frames[i].run for i in ho}
+
+
+def test_cell_targets_soft_and_ignored():
+    from railedge.train.data import IGNORE, cell_targets
+
+    lm = np.zeros((16, 16), np.uint8)
+    lm[0:8, 0:8] = 1  # one cell fully defect
+    lm[8:10, 0:8] = 2  # a quarter of a cell dirt -> fully dirt
+    lm[8:16, 8:16] = IGNORE
+    t, w = cell_targets(lm, 3, 8)
+    assert t.shape == (4, 2, 2)
+    np.testing.assert_allclose(t.sum(0), 1.0)
+    assert t[1, 0, 0] == 1.0 and t[2, 1, 0] == 1.0 and t[0, 0, 1] == 1.0
+    assert w[1, 1] == 0.0 and w[0, 0] == 1.0
