@@ -93,6 +93,7 @@ class ScoringConfig:
     project_dim: int = _f(64, min=0, help="search in a PCA space of this many dimensions (+1 residual); 0: full features")
     smoothing_sigma: float = _f(1.0, min=0.0, help="Gaussian blur of the anomaly map, in feature cells")
     false_alarm_rate: float = _f(0.01, min=0.0, max=0.5, help="target rate of normal frames above threshold")
+    threshold_margin: float = _f(0.08, min=0.0, max=10.0, help="guard band above the calibrated order statistic, as a fraction")
     threshold: float | None = _f(None, help="override the calibrated threshold")
     holdout_fraction: float = _f(0.25, min=0.05, max=0.9, help="normal frames held out to calibrate the threshold")
     max_fit_frames: int = _f(400, min=4)

@@ -129,7 +129,8 @@ def fit(cfg: Config, data: str | Path, out: str | Path, fmt: str = "auto", seed:
                                    project_dim=cfg.scoring.project_dim)
         scorer = AnomalyScorer(bank, cfg.scoring.smoothing_sigma)
         hold_scores = np.array([scorer(feats[i], ignore=masks[i])[1] for i in hold_idx])
-        threshold = cfg.scoring.threshold if cfg.scoring.threshold is not None else calibrate_threshold(hold_scores, cfg.scoring.false_alarm_rate)
+        threshold = (cfg.scoring.threshold if cfg.scoring.threshold is not None
+                     else calibrate_threshold(hold_scores, cfg.scoring.false_alarm_rate) * (1.0 + cfg.scoring.threshold_margin))
         bank.save(tmp / "bank.npz")
         meta = {
             "backbone": cfg.model.backbone,
@@ -139,8 +140,9 @@ def fit(cfg: Config, data: str | Path, out: str | Path, fmt: str = "auto", seed:
             "threshold": float(threshold),
             "smoothing_sigma": cfg.scoring.smoothing_sigma,
             "calibration": {
-                "method": "held-out normal frames, order statistic at the target false-alarm rate",
+                "method": "held-out normal frames, order statistic at the target false-alarm rate, times (1 + margin)",
                 "false_alarm_rate": cfg.scoring.false_alarm_rate,
+                "margin": cfg.scoring.threshold_margin,
                 "fit_frames": int(len(fit_idx)),
                 "holdout_frames": int(len(hold_idx)),
                 "holdout_score_quantiles": {q: float(np.quantile(hold_scores, float(q))) for q in ("0.5", "0.9", "0.99", "1.0")},

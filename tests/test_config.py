@@ -12,12 +12,9 @@ def test_default_yaml_matches_builtin_defaults():
     assert load_config(ROOT / "configs" / "default.yaml") == Config()
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "jetson.yaml", "rpi.yaml", "realdata.yaml"])
+@pytest.mark.parametrize("name", ["default.yaml", "jetson.yaml", "rpi.yaml"])
 def test_shipped_configs_are_valid(name):
-    p = ROOT / "configs" / name
-    if not p.exists():
-        pytest.skip(f"{name} not shipped")
-    load_config(p)
+    load_config(ROOT / "configs" / name)
 
 
 def test_overrides_apply_with_types():
