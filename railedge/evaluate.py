@@ -14,8 +14,9 @@ frame at a time. Measured against the labels:
 * boxes             regions of the anomaly map above the threshold (BoxFinder, as the pipeline),
                     each classified (head models); alarm boxes are those whose class is in
                     events.alarm_classes (every box for memory-bank models). A labelled defect is
-                    found when an alarm box matches it: IoU >= 0.1, or the intersection covers half
-                    of the smaller box while the larger is at most 8x its area. An alarm box that
+                    found when an alarm box matches it: IoU >= 0.1, or the predicted
+                    box lies mostly (>= half of it) inside the labelled one, or the predicted box
+                    covers half of the labelled one while at most 8x its area. An alarm box that
                     matches no defect is a false alarm (also when it sits on dirt or a joint).
 * PR / FROC         the same box measures over a sweep of thresholds; the recall at <= 0.2 false
                     alarms per frame there is an oracle operating point (chosen on these labels).
@@ -40,7 +41,7 @@ from railedge.config import Config
 from railedge.events.boxes import BoxFinder
 from railedge.model import ModelArtifact
 from railedge.train.data import IGNORE, LabelledFrame, load_frames
-from railedge.values import Box, Crop, Frame
+from railedge.values import Crop, Frame
 
 FA_TARGET = 0.2
 TILE_CELLS = 8
@@ -82,7 +83,9 @@ def box_match(p: Sequence[float], g: Sequence[float]) -> bool:
     ag = max((g[2] - g[0]) * (g[3] - g[1]), 1e-9)
     if inter / (ap + ag - inter) >= 0.1:
         return True
-    return inter / min(ap, ag) >= 0.5 and max(ap, ag) <= 8 * min(ap, ag)
+    if inter / ap >= 0.5:  # the predicted box lies mostly on the labelled one: a fragment of it
+        return True
+    return inter / ag >= 0.5 and ap <= 8 * ag  # it covers the labelled box without being far larger
 
 
 @dataclass

@@ -435,14 +435,12 @@ class SnnBackbone(nn.Module):
             conv1.bias[o] = onset - CONV1_GAIN * thr * off
         for st in self.stages[1:]:
             conv: nn.Conv2d = st.synapse
-            fan_in = conv.weight[0].numel()
             w = torch.randn(conv.weight.shape, generator=gen)
             w = w - w.mean(dim=(1, 2, 3), keepdim=True)
             w = w / w.pow(2).sum(dim=(1, 2, 3), keepdim=True).sqrt()  # unit norm per output channel
             sigma = HIDDEN_CURRENT_STD * thr / math.sqrt(HIDDEN_ASSUMED_RATE * (1 - HIDDEN_ASSUMED_RATE))
             conv.weight.copy_(w * sigma)
             conv.bias.fill_(onset)
-            del fan_in
 
     # ---------------------------------------------------------------- introspection
     @property

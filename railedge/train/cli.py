@@ -56,8 +56,17 @@ def cmd_train(args: argparse.Namespace, load: Callable) -> int:
     if args.epochs is not None:
         extra.append(f"train.epochs={args.epochs}")
     cfg = load(args, extra)
-    from railedge.train.trainer import TrainingStopped, train
+    from railedge.train.trainer import TrainingStopped, recalibrate, train
 
+    if args.recalibrate:
+        r = recalibrate(cfg, args.out, args.val, args.format)
+        sys.stdout.write(json.dumps(r) + "\n" if args.json else
+                         f"recalibrated {r['model']}: threshold {r['threshold']:.4f} on {r['holdout_frames']} held-out frames\n")
+        return 0
+
+    if not args.data:
+        sys.stderr.write("railedge train: error: --data is required (the training footage)\n")
+        return 2
     try:
         s = train(cfg, args.data, args.out, fmt=args.format, mode=args.mode, val=args.val, restart=args.restart,
                   progress=None if args.quiet else _Bar(), stop_after=args.stop_after)
@@ -86,7 +95,7 @@ def add_parser(sub: Any, config_args: Callable, load: Callable) -> None:
                                    "on normal footage with synthetic defects pasted in. Writes the same model artifact "
                                    "as 'railedge fit'. Re-running an interrupted command resumes from its checkpoint.")
     config_args(c)
-    c.add_argument("--data", required=True, help="YOLO folder, mask folder (images/+masks/ or MVTec-style), image folder or video")
+    c.add_argument("--data", help="(required) YOLO folder, mask folder (images/+masks/ or MVTec-style), image folder or video")
     c.add_argument("--out", required=True, help="model directory to write")
     c.add_argument("--backbone", choices=["snn", "resnet"])
     c.add_argument("--format", choices=["auto", "yolo", "masks", "plain"], default="auto")
@@ -96,6 +105,9 @@ def add_parser(sub: Any, config_args: Callable, load: Callable) -> None:
     c.add_argument("--seed", type=int, help="override train.seed")
     c.add_argument("--epochs", type=int, help="override train.epochs")
     c.add_argument("--restart", action="store_true", help="discard a checkpoint of an earlier, interrupted run")
+    c.add_argument("--recalibrate", action="store_true",
+                   help="no training: recompute the threshold of the trained model --out on --val (default: its recorded "
+                        "held-out frames) with the current settings (events.alarm_classes, train.val_false_alarms_per_frame)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     c.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)  # tests: stop (as if interrupted) after N steps

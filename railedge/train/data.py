@@ -121,7 +121,7 @@ def _yolo(data: Path, locator: RailBandLocator, pre: Preprocess, reduce: int, na
     return FrameSet(out, classes, "yolo")
 
 
-def _mask_class(kind: str, classes: list[str]) -> str | None:
+def _mask_class(kind: str) -> str | None:
     if kind == "good":
         return None
     return _ALIASES.get(kind.lower(), "defect")
@@ -142,7 +142,7 @@ def _mask_pairs(data: Path) -> tuple[list[tuple[Path, Path | None, str | None]],
     classes: list[str] = ["defect"]
     for root in roots:
         for kind_dir in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "ground_truth"):
-            cls = _mask_class(kind_dir.name, classes)
+            cls = _mask_class(kind_dir.name)
             if cls is not None and cls not in classes:
                 classes.append(cls)
             for f in sorted(p for p in kind_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):

@@ -86,7 +86,9 @@ def confusion_png(path: Path, matrix: Sequence[Sequence[int]], rows: Sequence[st
         for j in range(len(cols)):
             v = m[i, j] / tot
             shade = int(255 - 150 * v)
-            cv2.rectangle(img, (lw + j * cw, th + i * ch), (lw + (j + 1) * cw - 2, th + (i + 1) * ch - 2), (shade, shade, 255 if i == j or v == 0 else shade), -1)
+            # green where the prediction names the true class, red where it does not (BGR)
+            colour = (shade, 255, shade) if r == cols[j] else (shade, shade, 255)
+            cv2.rectangle(img, (lw + j * cw, th + i * ch), (lw + (j + 1) * cw - 2, th + (i + 1) * ch - 2), colour, -1)
             _text(img, f"{int(m[i, j])}", (lw + j * cw + 30, th + i * ch + 25), 0.5)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

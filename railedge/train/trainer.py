@@ -26,7 +26,6 @@ import json
 import math
 import shutil
 import time
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -384,11 +383,88 @@ def train(
     train_seconds = elapsed_before + time.monotonic() - t_run
     net.eval()
     summary = _write_artifact(cfg, net, pre, out, data, fs, train_frames, val_frames, head_classes, mode, curve,
-                              train_seconds, normal_only, torch)
+                              train_seconds, normal_only, torch, Path(val) if val is not None else data)
     shutil.rmtree(work, ignore_errors=True)
     summary["seconds"] = round(time.monotonic() - t_start, 1)
     log.info("trained", **{k_: v for k_, v in summary.items() if k_ != "curve"})
     return summary
+
+
+# ---------------------------------------------------------------------------------- calibration
+def calibrate(cfg: Config, frames: list[LabelledFrame], outputs: np.ndarray, scorer: Any, stride: int,
+              input_hw: tuple[int, int], normal_only: bool) -> tuple[float, dict[str, Any], np.ndarray]:
+    """(threshold, how it was found, held-out frame scores) from the graph outputs of held-out frames.
+
+    Labelled held-out frames and a class head: the lowest threshold at which alarm boxes give at most
+    train.val_false_alarms_per_frame false alarms per frame. Otherwise, as fit: the order statistic of
+    frame scores (labelled regions excluded) at scoring.false_alarm_rate."""
+    gh, gw = outputs.shape[2:]
+    ignores = [_clean_ignore(f, (int(gh), int(gw)), stride) for f in frames]
+    hold = np.array([scorer(outputs[i], ignore=ignores[i])[1] for i in range(len(frames))])
+    if not normal_only and hasattr(scorer, "classify") and any(f.boxes for f in frames):
+        from railedge.evaluate import calibrate_on_labels
+        from railedge.events.boxes import BoxFinder
+
+        finder = BoxFinder(stride=stride, input_hw=input_hw, min_area_px=cfg.events.min_area_px, merge_gap_px=cfg.events.merge_gap_px)
+        thr, at = calibrate_on_labels(frames, list(outputs), scorer, finder, cfg.events.alarm_classes,
+                                      float(cfg.train.val_false_alarms_per_frame))
+        return thr, {
+            "method": "held-out labelled runs: the lowest threshold whose alarm boxes give at most "
+                      "train.val_false_alarms_per_frame false alarms per frame",
+            "val_false_alarms_per_frame": float(cfg.train.val_false_alarms_per_frame),
+            "alarm_classes": list(cfg.events.alarm_classes),
+            "at_threshold_on_holdout": at,
+        }, hold
+    thr = calibrate_threshold(hold, cfg.scoring.false_alarm_rate)
+    if hasattr(scorer, "classify"):  # a probability map: no multiplicative guard band
+        return thr, {
+            "method": "held-out runs, labelled regions (dilated one cell) excluded; order statistic at the target false-alarm rate",
+            "false_alarm_rate": cfg.scoring.false_alarm_rate,
+        }, hold
+    margin = float(getattr(cfg.scoring, "threshold_margin", 0.0))  # a memory bank: exactly as fit
+    return thr * (1.0 + margin), {
+        "method": "held-out runs, labelled regions (dilated one cell) excluded; order statistic at the target "
+                  "false-alarm rate, times (1 + margin), as fit",
+        "false_alarm_rate": cfg.scoring.false_alarm_rate,
+        "margin": margin,
+    }, hold
+
+
+def recalibrate(cfg: Config, model_dir: str | Path, val: str | Path | None = None, fmt: str = "auto") -> dict[str, Any]:
+    """Recompute a trained model's threshold on held-out frames (`val`, or the frames it recorded as
+    held out) with the current settings, e.g. after changing events.alarm_classes or
+    train.val_false_alarms_per_frame; rewrites model.json. No retraining."""
+    model_dir = Path(model_dir)
+    model = ModelArtifact.load(model_dir)
+    tj = model_dir / "training.json"
+    if not tj.is_file():
+        raise ModelError(f"model {str(model_dir)!r} was not made by 'railedge train' (no training.json); refit it instead")
+    training = json.loads(tj.read_text())
+    names = None if val is not None else training["val_frames"]
+    fs = load_frames(Path(val) if val is not None else Path(training.get("val_data", training["data"])), fmt, model.preprocess, cfg.roi,
+                     cfg.source.reduce, names=names)
+    engine = model.engine("onnx", cfg.threads)
+    outputs = np.concatenate([engine(f.x[None, None]) for f in fs.frames])
+    normal_only = training["mode"] == "normal"
+    if model.bank is not None:  # a memory-bank model keeps its smoothing
+        from railedge.scoring import AnomalyScorer
+
+        scorer: Any = AnomalyScorer(model.bank, model.sigma)
+    else:
+        from railedge.scoring.head import HeadScorer
+
+        scorer = HeadScorer(model.head_classes, model.sigma)
+    thr, calibration, hold = calibrate(cfg, fs.frames, outputs, scorer, model.stride,
+                                       (model.preprocess.height, model.preprocess.width), normal_only)
+    meta = {k: v for k, v in json.loads((model_dir / "model.json").read_text()).items() if k not in ("files", "format", "railedge_version")}
+    meta["threshold"] = float(thr)
+    meta["calibration"] = {**calibration, "holdout_frames": len(fs.frames),
+                           "holdout_score_quantiles": {q: float(np.quantile(hold, float(q))) for q in ("0.5", "0.9", "0.99", "1.0")},
+                           "overridden": False, "recalibrated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    write_meta(model_dir, meta)
+    ModelArtifact.load(model_dir)
+    log.info("recalibrated", model=str(model_dir), threshold=round(thr, 6), frames=len(fs.frames))
+    return {"model": str(model_dir), "threshold": round(float(thr), 6), "holdout_frames": len(fs.frames), "calibration": calibration}
 
 
 # ------------------------------------------------------------------------------------- artifact
@@ -406,7 +482,8 @@ def _clean_ignore(f: LabelledFrame, grid: tuple[int, int], stride: int) -> np.nd
 
 def _write_artifact(cfg: Config, net: Any, pre: Preprocess, out: Path, data: Path, fs: FrameSet,
                     train_frames: list[LabelledFrame], val_frames: list[LabelledFrame], head_classes: list[str],
-                    mode: str, curve: dict, train_seconds: float, normal_only: bool, torch: Any) -> dict[str, Any]:
+                    mode: str, curve: dict, train_seconds: float, normal_only: bool, torch: Any,
+                    val_data: Path | None = None) -> dict[str, Any]:
     from railedge.backbones.export import export_onnx, export_torchscript
     from railedge.runtime.onnx import OnnxEngine
     from railedge.scoring import AnomalyScorer, ColumnMemoryBank
@@ -434,7 +511,6 @@ def _write_artifact(cfg: Config, net: Any, pre: Preprocess, out: Path, data: Pat
         vfeat = feats_of(val_frames)
         n_out, gh, gw = vfeat.shape[1:]
         stride = int(net.stride)
-        ignores = [_clean_ignore(f, (gh, gw), stride) for f in val_frames]
         extra: dict[str, Any] = {}
         if use_bank:
             tfeat = feats_of(train_frames)
@@ -450,34 +526,14 @@ def _write_artifact(cfg: Config, net: Any, pre: Preprocess, out: Path, data: Pat
             scoring = {"mode": "head", "classes": head_classes, "normal_channel": 0,
                        "defect_channel": head_classes.index("defect") if "defect" in head_classes else 1,
                        "head": net.head_meta(), "map": "1 - P(normal), Gaussian-smoothed"}
-        hold = np.array([scorer(vfeat[i], ignore=ignores[i])[1] for i in range(len(val_frames))])
-        labelled_val = not normal_only and any(f.boxes for f in val_frames)
-        if labelled_val:
-            from railedge.evaluate import calibrate_on_labels
-            from railedge.events.boxes import BoxFinder
-
-            finder = BoxFinder(stride=stride, input_hw=(h, w), min_area_px=cfg.events.min_area_px, merge_gap_px=cfg.events.merge_gap_px)
-            cal_thr, cal_at = calibrate_on_labels(val_frames, list(vfeat), scorer, finder, cfg.events.alarm_classes,
-                                                  float(cfg.train.val_false_alarms_per_frame))
-            calibration = {
-                "method": "held-out labelled runs: the lowest threshold whose alarm boxes give at most "
-                          "train.val_false_alarms_per_frame false alarms per frame",
-                "val_false_alarms_per_frame": float(cfg.train.val_false_alarms_per_frame),
-                "alarm_classes": list(cfg.events.alarm_classes),
-                "at_threshold_on_holdout": cal_at,
-            }
-        else:
-            cal_thr = calibrate_threshold(hold, cfg.scoring.false_alarm_rate)
-            calibration = {
-                "method": "held-out runs, labelled regions (dilated one cell) excluded; order statistic at the target false-alarm rate",
-                "false_alarm_rate": cfg.scoring.false_alarm_rate,
-            }
+        cal_thr, calibration, hold = calibrate(cfg, val_frames, vfeat, scorer, stride, (h, w), normal_only)
         threshold = cfg.scoring.threshold if cfg.scoring.threshold is not None else cal_thr
         from railedge.train.plots import training_curve_png
 
         training = {
             "mode": mode,
             "data": str(data),
+            "val_data": str(val_data or data),
             "format": fs.fmt,
             "train_frames": [f.name for f in train_frames],
             "val_frames": [f.name for f in val_frames],
@@ -533,7 +589,3 @@ def _write_artifact(cfg: Config, net: Any, pre: Preprocess, out: Path, data: Pat
         "train_seconds": round(train_seconds, 1),
         "epochs": curve["epochs"],
     }
-
-
-def model_config_for(cfg: Config, backbone: str | None) -> Config:
-    return cfg if backbone is None else replace(cfg, model=replace(cfg.model, backbone=backbone))
