@@ -115,12 +115,18 @@ def main() -> int:
     ap.add_argument("--rows", help="comma-separated row keys to include at all (a quick partial table); default: every row")
     ap.add_argument("--skip-synthetic", action="store_true", help="leave out the normal-only check on synthetic footage")
     ap.add_argument("--synthetic-frames", type=int, default=300)
+    ap.add_argument("--render-only", action="store_true", help="rewrite --out from --work/quality.json (no fitting, training or eval)")
     a = ap.parse_args()
     data, work = Path(a.data), Path(a.work)
     if not (data / "images").is_dir():
         raise SystemExit(f"{data} is not a YOLO folder with images/ (set --data)")
     work.mkdir(parents=True, exist_ok=True)
     log = work / "commands.log"
+    if a.render_only:
+        q = json.loads((work / "quality.json").read_text())
+        Path(a.out).write_text(render(q["rows"], q["synthetic"], q["split"], data, work))
+        print(f"wrote {a.out}", flush=True)
+        return 0
     parts = split(data, work)
     sp = work / "split"
     only = set(a.only.split(",")) if a.only else None
@@ -241,7 +247,7 @@ def render(rows: list[dict], syn_rows: list[dict], parts: dict, data: Path, work
         f"Written by `scripts/quality_table.py` on {now} ({platform.machine()}, {os.cpu_count()} CPUs, torch threads 2, "
         "ONNX Runtime 2 threads, batch 1). Reproduce with:",
         "",
-        "    .venv/bin/python scripts/quality_table.py            # about an hour on 2 busy cores",
+        "    .venv/bin/python scripts/quality_table.py     # minutes per model alone on 2 cores; far longer beside other jobs",
         "",
         f"Data: `{data.name}` ({sum(len(_imgs(work, p)) for p in ('train', 'val', 'test'))} images), split by recording run "
         "(first 7 digits of the file name):",
@@ -250,8 +256,11 @@ def render(rows: list[dict], syn_rows: list[dict], parts: dict, data: Path, work
         f"- val runs ({len(_imgs(work, 'val'))} images; threshold calibration and the validation curve): {', '.join(parts['val'])}",
         f"- **test runs ({len(_imgs(work, 'test'))} images, never used for training, calibration or any choice)**: {', '.join(parts['test'])}",
         "",
-        "Memory-bank rows are fitted on train+val runs (fit holds out its own tail to calibrate). Every threshold "
-        "is calibrated without the test runs at `scoring.false_alarm_rate` (0.01). Metrics are from `railedge eval` "
+        "Memory-bank rows are fitted on train+val runs (fit holds out its own tail and calibrates at "
+        "`scoring.false_alarm_rate` 0.01 times 1 + `scoring.threshold_margin`); trained rows train on the train runs, "
+        "labelled ones take the lowest threshold with at most 0.1 false alarms per frame on the val runs "
+        "(`train.val_false_alarms_per_frame`), the normal-only one the 0.01 order statistic on the val runs. No test "
+        "run is used for training, calibration or any choice. Metrics are from `railedge eval` "
         "on the test runs (see `railedge/evaluate.py` for the definitions): image AUROC = frames with a defect vs "
         "frames without (those may hold dirt or joints); box recall and false alarms per frame at the model's own "
         "threshold (a false alarm is an alarm box on no defect, including boxes on dirt or joints); "
@@ -274,6 +283,22 @@ def render(rows: list[dict], syn_rows: list[dict], parts: dict, data: Path, work
                  f"{_f(at['recall'], 2)} ({at['found']}/{at['defect_boxes']}) | {_f(at['false_alarms_per_frame'], 2)} | "
                  f"{_f(fa['recall'], 2) + ' at ' + _f(fa['false_alarms_per_frame'], 2) if fa else 'n/a'} | "
                  f"{r['timing']['inference_ms']} | {r['timing']['scoring_ms']} | {secs} |")
+    L += ["", "What the false alarms at the model threshold sit on, and what the labelled defects were called:", "",
+          "| detector | false alarms on gap / dirt / clean rail | defects found / called dirt or gap / missed |",
+          "| --- | --- | --- |"]
+    for r in rows:
+        if "eval" not in r:
+            continue
+        e = r["eval"]
+        on = {"gap": 0, "dirt": 0, "background": 0}
+        for x in e["false_alarm_boxes"]:
+            on[x["on"]] = on.get(x["on"], 0) + 1
+        c = e["confusion"]
+        d = c["counts"][c["rows"].index("defect")] if "defect" in c["rows"] else []
+        cols = c["cols"]
+        found = sum(v for k, v in zip(cols, d) if k in ("defect", "anomaly"))
+        other = sum(v for k, v in zip(cols, d) if k in ("dirt", "gap"))
+        L.append(f"| {r['label']} | {on['gap']} / {on['dirt']} / {on['background']} | {found} / {other} / {d[0] if d else 0} |")
     if any(r.get("build", {}).get("reused") for r in rows):
         L += ["", "† made by the identical `railedge fit`/`railedge train` command earlier (same data, split, settings and "
               "seed) and reused with `--reuse`; trained models were recalibrated on the val runs by `railedge train --recalibrate`."]
