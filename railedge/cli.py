@@ -80,7 +80,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if ev["type"] == "new" and not args.json:
             pos = ev.get("position") or {}
             where = f" at {pos['chainage_m']:.2f} m" if pos.get("chainage_m") is not None else ""
-            sys.stdout.write(f"  defect {ev['id']}  frame {ev['frame_index']} ({ev['source']})  score {ev['score']:.3f}  bbox {ev['bbox']}{where}\n")
+            kind = ev.get("class") or "anomaly"
+            if ev.get("alarm") is False:
+                kind += " (no alarm)"
+            sys.stdout.write(f"  {kind} {ev['id']}  frame {ev['frame_index']} ({ev['source']})  score {ev['score']:.3f}  bbox {ev['bbox']}{where}\n")
             sys.stdout.flush()
 
     source = args.source or cfg.source.uri
