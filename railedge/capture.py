@@ -45,18 +45,25 @@ class CaptureThread:
         self._stop.set()
 
     def _put(self, item: object) -> None:
-        while not self._stop.is_set() or item is _END:
-            try:
-                self.q.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                if self.drop_oldest and item is not _END:
+        if self.drop_oldest and item is not _END:
+            # live: never wait for room; the oldest queued frame gives way at once, so inference
+            # always gets the newest frame and capture keeps the camera's pace
+            while True:
+                try:
+                    self.q.put_nowait(item)
+                    return
+                except queue.Full:
                     try:
                         self.q.get_nowait()
                         self.dropped += 1
                     except queue.Empty:
                         pass
-                elif item is _END and self._stop.is_set():
+        while not self._stop.is_set() or item is _END:
+            try:
+                self.q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                if item is _END and self._stop.is_set():
                     # consumer gone: make room for the end marker rather than hang, and count it
                     try:
                         self.q.get_nowait()
