@@ -14,7 +14,7 @@ and the best per-round median (least disturbed by other processes). Speed-ups ar
 against the reference loop of the same network at the same T. The load average is printed: on a
 shared machine rerun when it is well above 0, or use --clock cpu --threads 1 as a robust proxy.
 
-    .venv/bin/python scripts/bench_snn.py                 # proposed network (16,16,32)+fc 32, T=8
+    .venv/bin/python scripts/bench_snn.py                 # proposed network (16,16,16)+fc 16, T=8
     .venv/bin/python scripts/bench_snn.py --channels 16,32,64 --fc 64   # the current SnnConfig widths
     .venv/bin/python scripts/bench_snn.py --frames 200 --json bench.json
 """
@@ -82,8 +82,13 @@ CLOCK: Callable[[], float] = time.perf_counter
 ROUNDS: dict[str, list[list[float]]] = {}  # per path: the per-frame times of each round
 
 
+REWARM = 2  # untimed frames after switching path in a round (set by --rewarm)
+
+
 def measure(paths: dict[str, tuple[Callable[[], object], int]], warmup: int, rounds: int) -> dict[str, list[float]]:
-    """paths: name -> (fn, frames). Interleaved: each round runs frames/rounds of every path."""
+    """paths: name -> (fn, frames). Interleaved: each round runs frames/rounds of every path, after
+    REWARM untimed frames: in the product only one runtime runs, while here torch's OpenMP threads keep
+    spinning for a while after a torch path and the caches hold the previous path's data."""
     times: dict[str, list[float]] = {k: [] for k in paths}
     for k in paths:
         ROUNDS[k] = [[] for _ in range(rounds)]
@@ -94,6 +99,8 @@ def measure(paths: dict[str, tuple[Callable[[], object], int]], warmup: int, rou
         for r in range(rounds):
             for name, (fn, frames) in paths.items():
                 n = frames // rounds + (1 if r < frames % rounds else 0)
+                for _ in range(REWARM):
+                    fn()
                 for _ in range(n):
                     t0 = CLOCK()
                     fn()
@@ -203,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ref-frames", type=int, default=50, help="timed frames of the snntorch loop (>= 50)")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--rewarm", type=int, default=2, help="untimed frames each time a round switches path")
     ap.add_argument("--channels", type=str, default=",".join(map(str, RECOMMENDED_CHANNELS)),
                     help="conv channels, e.g. 16,32,64 (default: the proposed %(default)s)")
     ap.add_argument("--fc", type=int, default=RECOMMENDED_FC_FEATURES, help="fc_features (default: %(default)s)")
@@ -215,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="wall: per-frame latency (the product figure); cpu: process CPU time, robust to other "
                          "processes on a shared machine but only a latency proxy with --threads 1")
     args = ap.parse_args(argv)
-    global CLOCK
+    global CLOCK, REWARM
     CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
+    REWARM = max(0, args.rewarm)
     if args.clock == "cpu" and args.threads != 1:
         print("note: --clock cpu sums the CPU time of all threads; use --threads 1 for a latency proxy")
 

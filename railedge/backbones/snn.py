@@ -11,9 +11,11 @@ Neuron model (snntorch.Leaky semantics, reset delayed by one step as in snntorch
     U[t] = beta*(1 - S[t-1])*U[t-1] + I[t]            reset "zero"
     U[t] = beta*U[t-1] + I[t]                         reset "none"
     S[t] = 1 if U[t] > thr else 0,  U[0] = 0 before the first step.
-    The elementwise operations are done in snntorch's order, so for the same input current both paths
-    give bit-identical membranes; only convolution summation order can differ (batching over time),
-    which can flip a spike whose membrane lies within ~1e-6 of the threshold.
+    The per-step update is done in snntorch's operation order, so for the same input current the
+    membranes and spikes are bit-identical to snntorch's; only convolution summation order can differ
+    (batching over time), which could flip a spike whose membrane lies within ~1e-6 of the threshold
+    (none seen at 512x128). The exported path sums membranes through an identity of the recurrence
+    (see ``lif_functional``), equal up to ~1e-6 rounding; spike counts are exact in every path.
 
 Presets
     ``railedge`` (default; SnnConfig.channels = (c1, c2, c3), fc_features = f)::
@@ -37,16 +39,18 @@ Presets
       Why this layout (2 cores, ONNX Runtime, 512x128, T=8): the cost is the LIF update (about 6
       elementwise operations per neuron and step, memory-bound) plus the convolutions on T-stacks, so
       the number of neurons at fine resolution decides it. LIF1 at stride 2 with 16 channels (262k
-      neurons) alone cost more than the whole 3 ms budget; at stride 4 it is 65k neurons. Channel counts
-      are multiples of 16 because ONNX Runtime's blocked (NCHWc, AVX-512) convolutions pad to 16
-      anyway and reorder 8-channel maps through slow paths.
+      neurons) cost ~12 ms per frame by itself; at stride 4 it is 65k neurons. Channel counts are
+      multiples of 16 because ONNX Runtime's blocked (NCHWc, AVX-512) convolutions pad to 16 anyway
+      and reorder 8-channel maps through slow paths. Measured per frame, ONNX Runtime, 2 threads:
+      (16,16,16)+fc16 (F=128, the proposed default, ``RECOMMENDED_*``) 2.6 ms; (16,16,32)+fc32
+      (F=192) 3.2 ms; (16,32,64)+fc64 (F=352, SnnConfig's widths) 5.7 ms; ResNet-18 to layer3 12.8 ms.
 
       Weights are untrained and deterministic (``seed``): conv1 is a fixed ON/OFF filter bank
       (brighter/darker than the normalised level 1.0, edges in 4 orientations, spots, lines, both
       polarities), scaled so that zero response sits at the firing onset thr*(1-beta) and a contrast
       of 1/CONV1_GAIN saturates; later layers are zero-mean random (so their mean current does not
       drift with the overall firing rate) with the same bias. The field notes saw default random init
-      leave layer 2 nearly silent; with this init every layer fires (rates about 0.55/0.28/0.23/0.23 on
+      leave layer 2 nearly silent; with this init every layer fires (rates about 0.55/0.28/0.23/0.25 on
       real rail crops, no silent channel).
 
     ``seed``: the origin study's network exactly: Conv2d(3,32,3,p=1) -> Leaky -> MaxPool2 ->
@@ -104,8 +108,8 @@ __all__ = [
 E_MAC_PJ = 4.6  # 45 nm fp32 multiply-accumulate (3.7 mult + 0.9 add), Horowitz 2014
 E_AC_PJ = 0.9  # 45 nm fp32 accumulate
 # Proposed SnnConfig defaults (speed/feature trade-off measured on 2 cores; see the module docstring).
-RECOMMENDED_CHANNELS = (16, 16, 32)
-RECOMMENDED_FC_FEATURES = 32
+RECOMMENDED_CHANNELS = (16, 16, 16)
+RECOMMENDED_FC_FEATURES = 16
 SURROGATE_SLOPE = 25.0  # snntorch.surrogate.fast_sigmoid default
 SEED_SIZE = 32
 SEED_TIME_STEPS = 50
@@ -190,6 +194,16 @@ class _LifOut:
     mems: list[torch.Tensor] | None  # per-step U[t] when kept
 
 
+def _time_sum(stack: torch.Tensor, steps: int, like: torch.Tensor) -> torch.Tensor:
+    """Sum over the T steps of a time-folded (T*B, ...) stack as ones(1, T) @ (T, N): one GEMM pass,
+    cheaper in ONNX Runtime (2 threads) than T-1 Adds or a ReduceSum. Sums of 0/1 spikes are exact."""
+    ones = torch.ones(1, steps, dtype=stack.dtype, device=stack.device)
+    return torch.matmul(ones, stack.reshape(steps, -1)).reshape(like.shape)
+
+
+MEM_IDENTITY_MAX_BETA = 0.9  # above this 1/(1-beta) amplifies rounding: accumulate instead
+
+
 def lif_functional(
     cur: torch.Tensor,
     steps: int,
@@ -205,18 +219,22 @@ def lif_functional(
     """LIF over ``steps`` with pure functional ops (exportable, differentiable).
 
     ``cur``: the input current, (B, ...) when ``const`` (the same at every step) else (T*B, ...).
-    Counts and membrane sums are accumulated step by step: in ONNX Runtime that beat a ReduceSum over
-    the stacked steps and a ones(1,T) @ stack MatMul (which needs the stack even where no conv does)."""
-    # reshape + unbind (not split(B)): keeps the batch size symbolic for a dynamic-batch export
-    currents = None if const else cur.reshape((steps, -1) + tuple(cur.shape[1:])).unbind(0)
+    Spike counts are a time sum of the spike stack. The membrane sum uses the identity of the
+    recurrence (summing U[t] = beta*U[t-1] + I[t] - thr*S[t-1] over t = 1..T):
+        (1 - beta) * sum(U) = sum(I) - thr*(sum(S) - S[T]) - beta*U[T]
+    so no per-step accumulation is needed (reset "subtract"/"none", beta <= 0.9; otherwise the
+    membranes are summed step by step). Mathematically the same sum; rounding differs by ~1e-7."""
+    # per-step rows by narrow (one Slice each; unbind adds a Squeeze per step, split(B) makes
+    # torch.export specialise the batch size)
+    b = cur.shape[0] if const else cur.shape[0] // steps
+    identity = want_mem and not keep_mems and reset in ("subtract", "none") and beta <= MEM_IDENTITY_MAX_BETA
     u: torch.Tensor | None = None
     s: torch.Tensor | None = None
     out: list[torch.Tensor] = []
     mems: list[torch.Tensor] = []
     msum: torch.Tensor | None = None
-    cnt: torch.Tensor | None = None
     for t in range(steps):
-        c = cur if currents is None else currents[t]
+        c = cur if const else cur.narrow(0, t * b, b)
         if u is None or s is None:
             u = c  # beta*0 + I - 0*thr == I exactly
         else:
@@ -227,13 +245,20 @@ def lif_functional(
                 u = u - (s if thr == 1.0 else s * thr)
         s = spike(u, thr)
         out.append(s)
-        if want_counts:
-            cnt = s if cnt is None else cnt + s
-        if want_mem:
+        if want_mem and not identity:
             msum = u if msum is None else msum + u
         if keep_mems:
             mems.append(u)
-    return _LifOut(torch.cat(out, 0), cnt, msum, mems if keep_mems else None)
+    assert u is not None and s is not None
+    spikes = torch.cat(out, 0)
+    cnt = _time_sum(spikes, steps, s) if (want_counts or identity) else None
+    if identity:
+        assert cnt is not None
+        isum = cur * float(steps) if const else _time_sum(cur, steps, s)
+        if reset == "subtract":
+            isum = isum - (cnt - s if thr == 1.0 else (cnt - s) * thr)
+        msum = (isum - beta * u) * (1.0 / (1.0 - beta))
+    return _LifOut(spikes, cnt if want_counts else None, msum, mems if keep_mems else None)
 
 
 def lif_inplace(
@@ -247,8 +272,9 @@ def lif_inplace(
     want_counts: bool = True,
     want_mem: bool = True,
 ) -> _LifOut:
-    """The same dynamics in the same operation order (bit-identical results), as a fused in-place
-    update into preallocated buffers (keeps ``cur``'s memory format): eager inference only."""
+    """The same dynamics in snntorch's operation order (bit-identical membranes and spikes), as a
+    fused in-place update into preallocated buffers, spike counts and membrane sums accumulated in
+    the loop (keeps ``cur``'s memory format): eager inference and TorchScript tracing only."""
     b = cur.shape[0] if const else cur.shape[0] // steps
     first = cur if const else cur[:b]
     u = first.clone()  # preserve_format: channels_last stays channels_last
