@@ -96,6 +96,37 @@ def test_capture_thread_replay_never_drops_and_live_drops_oldest(tmp_path):
     assert live.dropped > 0 and len(got) + live.dropped == 20 and got[-1] == 19
 
 
+class _BurstSource:
+    """A live source that has its frames ready at once (a camera far faster than inference)."""
+
+    name, fps, live = "burst", None, True
+
+    def __init__(self, n):
+        self.n = n
+
+    def frames(self):
+        img = np.zeros((8, 8), np.uint8)
+        for i in range(self.n):
+            yield Frame(index=i, source=self.name, image=img, t_mono=float(i), t_wall=float(i))
+
+    def close(self):
+        pass
+
+
+def test_live_capture_drops_without_waiting_for_room():
+    """With nobody consuming, a live capture must keep the camera's pace: each frame displaces the
+    oldest queued one at once (a 100 ms wait per frame here would take 30 s for 300 frames)."""
+    cap = CaptureThread(_BurstSource(300), maxsize=4, drop_oldest=True).start()
+    import time
+
+    deadline = time.monotonic() + 5
+    while cap.captured < 300 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cap.captured == 300, f"capture blocked: {cap.captured} captured in 5 s, {cap.dropped} dropped"
+    got = [item.frame.index for item in cap]
+    assert got == [296, 297, 298, 299] and cap.dropped == 296
+
+
 def test_rail_band_located_on_synthetic_frame():
     img = rail_image(x0=110, x1=210)
     band = RailBandLocator(RoiConfig(margin=0.0)).locate(img)
