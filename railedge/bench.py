@@ -23,6 +23,7 @@ import numpy as np
 
 from railedge.config import Config
 from railedge.logs import get_logger
+from railedge.runtime import resolve_threads
 
 log = get_logger("railedge.bench")
 
@@ -99,17 +100,23 @@ def run_bench(cfg: Config, source: str, frames: int = 200, fit_frames: int = 40,
     from railedge.runtime.torch_engines import EagerEngine, TorchScriptEngine
     from railedge.sources import open_source
 
-    torch.set_num_threads(cfg.threads)
+    threads = resolve_threads(cfg.threads)
+    torch.set_num_threads(threads)
     h, w = cfg.model.input_height, cfg.model.input_width
-    result: dict[str, Any] = {"machine": machine(), "source": source, "input": [h, w], "threads": cfg.threads,
+    result: dict[str, Any] = {"machine": machine(), "source": source, "input": [h, w], "threads": threads,
                               "time_steps": cfg.model.snn.time_steps}
     # ---- the same frames and crops for every backbone -------------------------------------
     t0 = time.perf_counter()
-    samples = list(iter_samples(source, "plain", reduce=cfg.source.reduce, max_frames=min(frames, 64)))
+    from railedge.sources.reduce import resolve_reduce
+
+    reduce = resolve_reduce(cfg.source.reduce, source, cfg.roi, (h, w))
+    cfg = replace(cfg, source=replace(cfg.source, reduce=reduce))  # every stage below decodes alike
+    result["decode_reduce"] = reduce
+    samples = list(iter_samples(source, "plain", reduce=reduce, max_frames=min(frames, 64)))
     loc, pre = RailBandLocator(cfg.roi), Preprocess(h, w)
     xs = []
     for s in samples:
-        b = loc.locate(s.image)
+        b = loc.locate(s.image, reduce)
         xs.append(pre(s.image[b.y0 : b.y1, b.x0 : b.x1])[None, None])
     result["frame_size"] = list(samples[0].image.shape[::-1])
     log.info("bench_frames_ready", frames=len(xs), seconds=round(time.perf_counter() - t0, 1))
@@ -127,11 +134,11 @@ def run_bench(cfg: Config, source: str, frames: int = 200, fit_frames: int = 40,
             engines: dict[str, Any] = {}
             for rt in runtimes:
                 if rt == "onnx":
-                    engines[rt] = OnnxEngine(onnx_p, cfg.threads)
+                    engines[rt] = OnnxEngine(onnx_p, threads)
                 elif rt == "torchscript":
-                    engines[rt] = TorchScriptEngine(export_torchscript(module, h, w, tmp / f"{name}.ts"), cfg.threads)
+                    engines[rt] = TorchScriptEngine(export_torchscript(module, h, w, tmp / f"{name}.ts"), threads)
                 else:
-                    engines[rt] = EagerEngine(module, cfg.threads)
+                    engines[rt] = EagerEngine(module, threads)
             backbones[name] = {}
             for rt, eng in engines.items():
                 backbones[name][rt] = _percentiles(time_per_frame(eng, xs, repeats=max(50, frames)))

@@ -28,6 +28,7 @@ import numpy as np
 from railedge.config import Config
 from railedge.errors import ConfigError, DataError, ModelError
 from railedge.logs import get_logger
+from railedge.runtime import resolve_threads
 
 
 
@@ -82,8 +83,11 @@ def load_crops(cfg: Config, source: str, n: int, height: int, width: int) -> tup
     locator = RailBandLocator(cfg.roi)
     pre = Preprocess(height, width)
     xs, names = [], []
-    for s in iter_samples(source, "auto", reduce=cfg.source.reduce, max_frames=n):
-        band = locator.locate(s.image)
+    from railedge.sources.reduce import resolve_reduce
+
+    reduce = resolve_reduce(cfg.source.reduce, source, cfg.roi, (height, width))
+    for s in iter_samples(source, "auto", reduce=reduce, max_frames=n):
+        band = locator.locate(s.image, reduce)
         xs.append(pre(s.image[band.y0:band.y1, band.x0:band.x1]))
         names.append(s.name)
     if not xs:
@@ -263,7 +267,8 @@ def compare(cfg: Config, items: list[str], frames: int = 32, runtimes: list[str]
         raise ModelError("railedge compare needs torch: pip install 'railedge[train]'") from None
     from railedge.backbones import build_backbone
 
-    torch.set_num_threads(cfg.threads)
+    threads = resolve_threads(cfg.threads)
+    torch.set_num_threads(threads)
     runtimes = runtimes or ["eager", "onnx"]
     models, source = resolve_inputs(cfg, items)
     first = next(iter(models.values()), None)
@@ -287,7 +292,7 @@ def compare(cfg: Config, items: list[str], frames: int = 32, runtimes: list[str]
         "frame_names": names,
         "input": [height, width],
         "crop": f"rail band ({cfg.roi.mode}), resized to {height}x{width}, brightness-normalised",
-        "threads": cfg.threads,
+        "threads": threads,
         "models": {bb: str(m.path) for bb, m in models.items()},
         "config": {bb: _plain(c) for bb, c in configs.items()},
         "snn": snn_activity(modules["snn"], x),
@@ -306,7 +311,7 @@ def compare(cfg: Config, items: list[str], frames: int = 32, runtimes: list[str]
     with tempfile.TemporaryDirectory(prefix="railedge-compare-") as tmp:
         for bb, module in modules.items():
             result["timing"][bb] = {}
-            for rt, eng in _engines(bb, module, height, width, runtimes, cfg.threads, Path(tmp)).items():
+            for rt, eng in _engines(bb, module, height, width, runtimes, threads, Path(tmp)).items():
                 result["timing"][bb][rt] = None if eng is None else time_engine(eng, xt, rep)
     result["seconds"] = round(time.perf_counter() - t0, 2)
     _log().info("compare_done", frames=result["frames"], seconds=result["seconds"])

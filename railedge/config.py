@@ -42,7 +42,7 @@ class SourceConfig:
     fps: float | None = _f(None, min=0.1, help="frame rate when the source does not state one")
     live: bool | None = _f(None, help="drop oldest frames when inference falls behind; default: true for cameras, false for files")
     watchdog_s: float = _f(5.0, min=0.1, help="seconds without a frame before a camera is reopened")
-    reduce: Literal[1, 2, 4, 8] = _f(1, help="decode JPEG/PNG images at 1/N size (faster; only for image folders)")
+    reduce: Literal[0, 1, 2, 4, 8] = _f(0, help="decode image-folder frames at 1/N size (faster); 0: auto, the largest N that keeps the rail band at the model's input size")
     width: int = _f(0, min=0, help="cameras (V4L2): requested frame width; 0 keeps the driver's default")
     height: int = _f(0, min=0, help="cameras (V4L2): requested frame height; 0 keeps the driver's default")
     fourcc: str | None = _f(None, help="cameras (V4L2): requested pixel format, e.g. MJPG or YUYV")
@@ -61,12 +61,12 @@ class RoiConfig:
 @dataclass(frozen=True)
 class SnnConfig:
     preset: Literal["railedge", "seed"] = _f("railedge", help="seed: the origin study's network exactly")
-    channels: tuple[int, ...] = (16, 32, 64)
+    channels: tuple[int, ...] = (16, 16, 16)
     beta: float = _f(0.5, min=0.0, max=1.0)
     threshold: float = _f(1.0, min=1e-6)
     reset: Literal["subtract", "zero", "none"] = "subtract"
     time_steps: int = _f(8, min=1, max=256)
-    fc_features: int = _f(64, min=1, help="width of the fully connected spiking layer")
+    fc_features: int = _f(16, min=1, help="width of the fully connected spiking layer")
     features: Literal["spikes", "membrane", "both"] = "both"
 
 
@@ -240,7 +240,7 @@ class Config:
     roi: RoiConfig = _f(factory=RoiConfig)
     model: ModelConfig = _f(factory=ModelConfig)
     runtime: Literal["onnx", "torchscript", "eager"] = "onnx"
-    threads: int = _f(2, min=1, max=256, help="inference threads")
+    threads: int = _f(0, min=0, max=256, help="inference threads; 0: one fewer than the CPU cores (decoding has its own)")
     scoring: ScoringConfig = _f(factory=ScoringConfig)
     events: EventsConfig = _f(factory=EventsConfig)
     position: PositionConfig = _f(factory=PositionConfig)

@@ -238,7 +238,10 @@ def evaluate(cfg: Config, model_path: str | Path, data: str | Path, fmt: str = "
     scorer = model.scorer()
     alarm = list(alarm_classes if alarm_classes is not None else cfg.events.alarm_classes)
     thr = threshold if threshold is not None else (cfg.scoring.threshold if cfg.scoring.threshold is not None else model.threshold)
-    fs = load_frames(data, fmt, model.preprocess, cfg.roi, cfg.source.reduce, names=names)
+    from railedge.sources.reduce import resolve_reduce
+
+    reduce = resolve_reduce(cfg.source.reduce, data, cfg.roi, (model.preprocess.height, model.preprocess.width))
+    fs = load_frames(data, fmt, model.preprocess, cfg.roi, reduce, names=names)
     frames: list[LabelledFrame] = [f for f in fs.frames if f.boxes is not None]
     if not frames:
         from railedge.errors import DataError

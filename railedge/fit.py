@@ -49,6 +49,7 @@ def extract(
     pre: Preprocess,
     engine: Callable[[np.ndarray], np.ndarray],
     batch: int = 1,
+    scale: float = 1.0,
 ) -> tuple[np.ndarray, list[Band], list[Sample]]:
     """Features (N,F,h,w) of every sample's rail crop, with the bands used. Batch 1 by default:
     exported graphs are run frame by frame at the edge, and some fold time into the batch."""
@@ -60,7 +61,7 @@ def extract(
             xs.clear()
 
     for s in samples:
-        band = locator.locate(s.image)
+        band = locator.locate(s.image, scale)
         xs.append(pre(s.image[band.y0 : band.y1, band.x0 : band.x1]))
         bands.append(band)
         kept.append(s)
@@ -115,10 +116,13 @@ def fit(cfg: Config, data: str | Path, out: str | Path, fmt: str = "auto", seed:
 
             engine = OnnxEngine(tmp / "backbone.onnx", cfg.threads)
         locator = RailBandLocator(cfg.roi)
-        samples = list(iter_samples(data, fmt, reduce=cfg.source.reduce, max_frames=cfg.scoring.max_fit_frames))
+        from railedge.sources.reduce import resolve_reduce
+
+        reduce = resolve_reduce(cfg.source.reduce, data, cfg.roi, (h, w))
+        samples = list(iter_samples(data, fmt, reduce=reduce, max_frames=cfg.scoring.max_fit_frames))
         if len(samples) < 4:
             raise DataError(f"data {str(data)!r} has {len(samples)} frames; fitting needs at least 4 normal frames")
-        feats, bands, samples = extract(samples, locator, pre, engine)
+        feats, bands, samples = extract(samples, locator, pre, engine, scale=reduce if Path(data).is_dir() else 1)
         n, f, gh, gw = feats.shape
         masks = np.stack([label_mask(s, b, (gh, gw)) for s, b in zip(samples, bands)])
         n_hold = max(1, int(round(n * cfg.scoring.holdout_fraction)))

@@ -154,7 +154,7 @@ class ModelArtifact:
             )
         return cls(path=p, meta=meta, preprocess=Preprocess.from_dict(meta["preprocess"]), bank=bank)
 
-    def engine(self, runtime: str, threads: int = 2):
+    def engine(self, runtime: str, threads: int = 0):
         """The inference engine for `runtime` (onnx | torchscript | eager)."""
         if not self.has_runtime(runtime):
             raise ModelError(

@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
@@ -15,6 +16,7 @@ from railedge.logs import get_logger
 from railedge.model import ModelArtifact
 from railedge.pipeline import FrameOutcome, Pipeline
 from railedge.sources import open_source
+from railedge.sources.reduce import resolve_reduce
 from railedge.stats import LatencyStats
 
 log = get_logger("railedge.replay")
@@ -84,7 +86,8 @@ def replay(
     snapshots/ (see `write_run`)."""
     model = ModelArtifact.load(cfg.model.path)
     engine = model.engine(cfg.runtime, cfg.threads)
-    source = open_source(source_uri, cfg.source)
+    reduce = resolve_reduce(cfg.source.reduce, source_uri, cfg.roi, (model.preprocess.height, model.preprocess.width))
+    source = open_source(source_uri, replace(cfg.source, reduce=reduce))
     started = time.time()
     if run_dir is not None:
         run_dir = Path(run_dir)

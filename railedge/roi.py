@@ -23,13 +23,15 @@ class RailBandLocator:
     def reset(self) -> None:
         self._prev = None
 
-    def locate(self, image: np.ndarray) -> Band:
+    def locate(self, image: np.ndarray, scale: float = 1.0) -> Band:
+        """The band in `image`'s pixels; `scale`: full-size frame pixels per image pixel (a frame
+        decoded reduced), which fixed-mode `x` and `width` are given in."""
         h, w = image.shape[:2]
         if self.cfg.mode == "full":
             return Band(0, w, 0, h)
         if self.cfg.mode == "fixed":
-            x0 = min(self.cfg.x, w - 1)
-            x1 = w if self.cfg.width == 0 else min(w, x0 + self.cfg.width)
+            x0 = min(int(round(self.cfg.x / scale)), w - 1)
+            x1 = w if self.cfg.width == 0 else min(w, x0 + max(1, int(round(self.cfg.width / scale))))
             return Band(x0, x1, 0, h)
         x0, x1 = self._find(image)
         if self._prev is not None:
@@ -62,5 +64,5 @@ class RailBandLocator:
         return max(0.0, left - pad), min(float(w), right + 1 + pad)
 
     def crop(self, frame: Frame) -> Crop:
-        band = self.locate(frame.image)
+        band = self.locate(frame.image, frame.scale)
         return Crop(frame=frame, band=band, image=frame.image[band.y0 : band.y1, band.x0 : band.x1])

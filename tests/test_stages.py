@@ -265,3 +265,28 @@ def test_projected_bank_lower_bounds_distances_and_keeps_anomalies(tmp_path):
     assert np.unravel_index(d.argmax(), d.shape) == (5, 1) and d.max() > 3 * np.median(d)
     proj.save(tmp_path / "p.npz")
     assert np.allclose(ColumnMemoryBank.load(tmp_path / "p.npz").distances(odd), d)
+
+
+def test_auto_decode_reduction_keeps_the_band_at_model_input(tmp_path):
+    """reduce 0 (auto): the largest factor that leaves the located rail band >= 90% of the model
+    input; small frames are decoded full size; a fixed band stays in full-size pixels."""
+    from railedge.sources.reduce import resolve_reduce
+
+    big = tmp_path / "big"
+    big.mkdir()
+    cv2.imwrite(str(big / "000.jpg"), rail_image(h=2000, w=2048, x0=800, x1=1320))  # band ~520 px (+ margin)
+    roi = RoiConfig(margin=0.0)
+    assert resolve_reduce(0, big, roi, (512, 128)) == 4  # 2000/4 = 500 rows >= 461, 520/4 = 130 cols >= 115
+    assert resolve_reduce(0, big, roi, (512, 256)) == 2  # a wider input needs more columns
+    assert resolve_reduce(0, big, roi, (1024, 128)) == 2  # 1000 rows >= 922
+    assert resolve_reduce(0, big, roi, (2048, 128)) == 1
+    assert resolve_reduce(2, big, roi, (512, 128)) == 2  # a fixed setting is kept
+    assert resolve_reduce(0, tmp_path / "missing.mp4", roi, (512, 128)) == 1  # videos decode at their own size
+    small = tmp_path / "small"
+    small.mkdir()
+    cv2.imwrite(str(small / "000.png"), rail_image())
+    assert resolve_reduce(0, small, roi, (512, 128)) == 1
+    frame = next(iter(ImageFolderSource(big, reduce=4).frames()))
+    assert frame.image.shape == (500, 512) and frame.scale == 4.0
+    fixed = RailBandLocator(RoiConfig(mode="fixed", x=800, width=520)).crop(frame)
+    assert (fixed.band.x0, fixed.band.x1) == (200, 330)

@@ -42,8 +42,9 @@ Presets
       neurons) cost ~12 ms per frame by itself; at stride 4 it is 65k neurons. Channel counts are
       multiples of 16 because ONNX Runtime's blocked (NCHWc, AVX-512) convolutions pad to 16 anyway
       and reorder 8-channel maps through slow paths. Measured per frame, ONNX Runtime, 2 threads:
-      (16,16,16)+fc16 (F=128, the proposed default, ``RECOMMENDED_*``) 2.6 ms; (16,16,32)+fc32
-      (F=192) 3.2 ms; (16,32,64)+fc64 (F=352, SnnConfig's widths) 5.7 ms; ResNet-18 to layer3 12.8 ms.
+      (16,16,16)+fc16 (F=128, SnnConfig's default) 2.6 ms; (16,16,32)+fc32 (F=192) 3.2 ms;
+      (16,32,64)+fc64 (F=352) 5.7 ms; ResNet-18 to layer3 12.8 ms (an AVX-512 machine; on an AVX2
+      AMD EPYC, 2026-12-03: 5.1 ms, -, 14.0 ms and 29.9 ms).
 
       Weights are untrained and deterministic (``seed``): conv1 is a fixed ON/OFF filter bank
       (brighter/darker than the normalised level 1.0, edges in 4 orientations, spots, lines, both

@@ -8,12 +8,14 @@ import numpy as np
 import onnxruntime as ort
 
 from railedge.errors import ModelError
+from railedge.runtime import resolve_threads
 
 
 class OnnxEngine:
     name = "onnx"
 
-    def __init__(self, path: Path, threads: int = 2) -> None:
+    def __init__(self, path: Path, threads: int = 0) -> None:
+        threads = self.threads = resolve_threads(threads)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = threads

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from railedge.errors import ModelError
+from railedge.runtime import resolve_threads
 
 
 def _torch(threads: int):
@@ -14,14 +15,14 @@ def _torch(threads: int):
         import torch
     except ImportError:
         raise ModelError("runtime torchscript/eager needs torch: pip install 'railedge[train]', or use runtime: onnx") from None
-    torch.set_num_threads(threads)
+    torch.set_num_threads(resolve_threads(threads))
     return torch
 
 
 class TorchScriptEngine:
     name = "torchscript"
 
-    def __init__(self, path: Path, threads: int = 2) -> None:
+    def __init__(self, path: Path, threads: int = 0) -> None:
         torch = _torch(threads)
         try:
             self.module = torch.jit.load(str(path), map_location="cpu").eval()
@@ -37,7 +38,7 @@ class TorchScriptEngine:
 class EagerEngine:
     name = "eager"
 
-    def __init__(self, module, threads: int = 2) -> None:
+    def __init__(self, module, threads: int = 0) -> None:
         self._torch = _torch(threads)
         self.module = module.eval()
 

@@ -38,7 +38,7 @@ def list_images(path: str | Path) -> list[Path]:
 
 def read_gray(path: Path, reduce: int = 1):
     """Decode one image as grayscale, optionally at 1/reduce size (JPEG decodes faster reduced)."""
-    img = cv2.imread(str(path), _REDUCED[reduce])
+    img = cv2.imread(str(path), _REDUCED[reduce or 1])  # 0 (auto) unresolved: full size
     if img is None:
         raise SourceError(f"image {str(path)!r} cannot be decoded; the file is corrupt or not an image")
     return img
@@ -52,7 +52,7 @@ class ImageFolderSource:
         self.name = Path(path).name
         self.loop = loop
         self.fps = fps
-        self.reduce = reduce
+        self.reduce = reduce or 1  # 0 (auto) is resolved by the caller (sources.reduce); full size otherwise
         self.skipped: list[str] = []
 
     def frames(self) -> Iterator[Frame]:

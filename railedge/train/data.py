@@ -91,9 +91,9 @@ def _rasterise_boxes(lm: np.ndarray, boxes: list[tuple[int, float, float, float,
             lm[r0:r1, c0:c1] = c + 1
 
 
-def _crop(image: np.ndarray, locator: RailBandLocator, pre: Preprocess) -> tuple[Band, np.ndarray]:
+def _crop(image: np.ndarray, locator: RailBandLocator, pre: Preprocess, scale: float = 1.0) -> tuple[Band, np.ndarray]:
     locator.reset()  # frames of a data set need not be neighbours: locate each on its own
-    band = locator.locate(image)
+    band = locator.locate(image, scale)
     return band, pre(image[band.y0: band.y1, band.x0: band.x1])
 
 
@@ -106,7 +106,7 @@ def _yolo(data: Path, locator: RailBandLocator, pre: Preprocess, reduce: int, na
             continue
         img = read_gray(f, reduce)
         h, w = img.shape[:2]
-        band, x = _crop(img, locator, pre)
+        band, x = _crop(img, locator, pre, reduce)
         labels = read_labels(data / "labels" / (f.stem + ".txt"))
         lm = np.zeros(x.shape, np.uint8)
         raw, boxes = [], []
@@ -166,7 +166,7 @@ def _masks(data: Path, locator: RailBandLocator, pre: Preprocess, reduce: int, n
             continue
         img = read_gray(f, reduce)
         h, w = img.shape[:2]
-        band, x = _crop(img, locator, pre)
+        band, x = _crop(img, locator, pre, reduce)
         full = np.zeros((h, w), np.uint8)
         if m is not None:
             mk = cv2.imread(str(m), cv2.IMREAD_GRAYSCALE)
@@ -198,7 +198,7 @@ def _plain(data: Path, locator: RailBandLocator, pre: Preprocess, reduce: int, n
         if names is not None and s.name not in names and Path(s.name).stem not in names:
             continue
         h, w = s.image.shape[:2]
-        band, x = _crop(s.image, locator, pre)
+        band, x = _crop(s.image, locator, pre, reduce if data.is_dir() else 1)
         out.append(LabelledFrame(s.name, x, None, None, band, float(reduce if data.is_dir() else 1), (h, w)))
     return FrameSet(out, list(DEFAULT_CLASSES), "plain")
 

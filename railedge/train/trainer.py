@@ -268,7 +268,10 @@ def train(
     out, data = Path(out), Path(data)
     h, w = cfg.model.input_height, cfg.model.input_width
     pre = Preprocess(h, w)
-    fs = load_frames(data, fmt, pre, cfg.roi, cfg.source.reduce, max_frames=None)
+    from railedge.sources.reduce import resolve_reduce
+
+    reduce = resolve_reduce(cfg.source.reduce, data, cfg.roi, (h, w))
+    fs = load_frames(data, fmt, pre, cfg.roi, reduce, max_frames=None)
     if mode == "auto":
         mode = "labelled" if fs.labelled else "normal"
     if mode not in ("labelled", "normal"):
@@ -277,7 +280,7 @@ def train(
         raise DataError(f"data {str(data)!r} has no labels ({fs.fmt}); give a YOLO or mask folder, or use --mode normal")
     normal_only = mode == "normal"
     if val is not None:
-        vs = load_frames(Path(val), fmt if Path(val).is_dir() else "auto", pre, cfg.roi, cfg.source.reduce)
+        vs = load_frames(Path(val), fmt if Path(val).is_dir() else "auto", pre, cfg.roi, resolve_reduce(cfg.source.reduce, val, cfg.roi, (h, w)))
         train_frames, val_frames = fs.frames, vs.frames
         if not normal_only and vs.classes != fs.classes:
             raise DataError(f"--val classes {vs.classes} differ from the training data's {fs.classes}")
@@ -441,8 +444,11 @@ def recalibrate(cfg: Config, model_dir: str | Path, val: str | Path | None = Non
         raise ModelError(f"model {str(model_dir)!r} was not made by 'railedge train' (no training.json); refit it instead")
     training = json.loads(tj.read_text())
     names = None if val is not None else training["val_frames"]
-    fs = load_frames(Path(val) if val is not None else Path(training.get("val_data", training["data"])), fmt, model.preprocess, cfg.roi,
-                     cfg.source.reduce, names=names)
+    from railedge.sources.reduce import resolve_reduce
+
+    vdata = Path(val) if val is not None else Path(training.get("val_data", training["data"]))
+    fs = load_frames(vdata, fmt, model.preprocess, cfg.roi,
+                     resolve_reduce(cfg.source.reduce, vdata, cfg.roi, (model.preprocess.height, model.preprocess.width)), names=names)
     engine = model.engine("onnx", cfg.threads)
     outputs = np.concatenate([engine(f.x[None, None]) for f in fs.frames])
     normal_only = training["mode"] == "normal"
