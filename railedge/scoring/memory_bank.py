@@ -44,6 +44,10 @@ class Projection:
     def __init__(self, mean: np.ndarray, basis: np.ndarray) -> None:
         self.mean = np.ascontiguousarray(mean, dtype=np.float32)
         self.basis = np.ascontiguousarray(basis, dtype=np.float32)  # (F, k), orthonormal columns
+        # one GEMM writes z into the first k columns of the output; the last (zero) column is then
+        # overwritten with the residual norm: no concatenation, no extra copies per frame
+        self._padded = np.zeros((self.basis.shape[0], self.basis.shape[1] + 1), np.float32)
+        self._padded[:, :-1] = self.basis
 
     @property
     def in_dim(self) -> int:
@@ -60,10 +64,15 @@ class Projection:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """(N, F) → (N, k+1)."""
-        xc = x - self.mean
-        z = xc @ self.basis
-        resid = np.einsum("ij,ij->i", xc, xc) - np.einsum("ij,ij->i", z, z)
-        return np.concatenate([z, np.sqrt(np.maximum(resid, 0.0))[:, None]], axis=1).astype(np.float32)
+        xc = np.subtract(x, self.mean, dtype=np.float32)
+        out = xc @ self._padded
+        k = self.basis.shape[1]
+        z = out[:, :k]
+        resid = np.einsum("ij,ij->i", xc, xc)
+        resid -= np.einsum("ij,ij->i", z, z)
+        np.maximum(resid, 0.0, out=resid)
+        np.sqrt(resid, out=out[:, k])
+        return out
 
 
 class ColumnMemoryBank:
