@@ -260,7 +260,7 @@ def test_live_drops_and_reports_compare_and_sighup_reload(small_model, footage, 
         config = tmp_path / "railedge.yaml"
         config.write_text("scoring:\n  threshold: null\nmqtt:\n  keepalive_s: 30\n")
         sets = common_sets(small_model, f"file://{footage / 'track.mp4'}", broker, tmp_path, dev) + [
-            "source.fps=500", f"compare.model_path={small_model}", "compare.every_n=3", "daemon.queue_size=4",
+            "source.fps=1000", f"compare.model_path={small_model}", "compare.every_n=3", "daemon.queue_size=4",
         ]
         run = Run(tmp_path, notify, sets, config=config)
         try:
