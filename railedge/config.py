@@ -209,7 +209,7 @@ class DaemonConfig:
 class TrainConfig:
     """`railedge train`: labelled (boxes or masks) or normal-only (synthetic defects pasted in)."""
 
-    epochs: int = _f(16, min=1, max=10000, help="passes over the training tiles")
+    epochs: int = _f(40, min=1, max=10000, help="passes over the training tiles")
     batch_size: int = _f(8, min=1, max=4096, help="tiles per optimiser step")
     tile_rows: int = _f(128, min=8, max=4096, help="training tile height in model-input rows (full input width; multiple of 8)")
     tiles_per_image: int = _f(2, min=1, max=64, help="tiles drawn from each training image per epoch (half centred on labelled regions)")

@@ -139,11 +139,15 @@ def main() -> int:
         ("snn_fitted", "SNN fitted (foundation: railedge preset) + memory bank", "fit", ["--data", str(sp / "trainval")]),
         ("snn_trained", "SNN trained, labelled (surrogate gradients, class head)", "train",
          ["--data", str(sp / "train"), "--val", str(sp / "val")]),
+        ("snn_trained_16", "SNN trained, labelled, 16 epochs (as the ResNet-18 row)", "train",
+         ["--data", str(sp / "train"), "--val", str(sp / "val"), "--set", "train.epochs=16"]),
         ("snn_normal", "SNN trained, normal-only (synthetic defects, anomaly head)", "train",
          ["--data", str(sp / "train"), "--val", str(sp / "val"), "--mode", "normal"]),
         ("resnet_random", "ResNet-18 random init + memory bank", "fit", ["--data", str(sp / "trainval"), "--backbone", "resnet"]),
-        ("resnet_trained", "ResNet-18 trained, labelled (same recipe, class head)", "train",
-         ["--data", str(sp / "train"), "--val", str(sp / "val"), "--backbone", "resnet"]),
+        # 16 epochs, not the default 40: ResNet-18 trains ~10x slower per step on 2 cores (40 epochs: > 1 h);
+        # compare it with the SNN row of the same 16 epochs
+        ("resnet_trained", "ResNet-18 trained, labelled (same recipe, 16 epochs, class head)", "train",
+         ["--data", str(sp / "train"), "--val", str(sp / "val"), "--backbone", "resnet", "--set", "train.epochs=16"]),
         ("resnet_imagenet", "ResNet-18 ImageNet weights + memory bank", "fit",
          ["--data", str(sp / "trainval"), "--backbone", "resnet", "--set", f"model.resnet.weights={weights}"]),
     ]
@@ -360,10 +364,11 @@ def targets(rows: list[dict], syn_rows: list[dict]) -> list[str]:
              "n/a" if not fa else f"recall {_f(fa['recall'], 2)} at {_f(fa['false_alarms_per_frame'], 2)}",
              None if not fa else fa["recall"] >= 0.9)
         r = ev.get("resnet_trained")
-        if r and t["image_auroc"] is not None and r["image_auroc"] is not None:
-            d = t["image_auroc"] - r["image_auroc"]
-            line("trained SNN within 0.02 image AUROC of ResNet-18 trained the same way",
-                 f"{_f(t['image_auroc'])} vs {_f(r['image_auroc'])} ({d:+.3f})", d >= -0.02)
+        s = ev.get("snn_trained_16", t)  # the SNN row trained for as many epochs as the ResNet-18 row
+        if r and s["image_auroc"] is not None and r["image_auroc"] is not None:
+            d = s["image_auroc"] - r["image_auroc"]
+            line("trained SNN within 0.02 image AUROC of ResNet-18 trained the same way (both 16 epochs)",
+                 f"{_f(s['image_auroc'])} vs {_f(r['image_auroc'])} ({d:+.3f})", d >= -0.02)
     for sr in syn_rows:
         a = sr["eval_defect"]["image_auroc"]
         b = sr["eval_any"]["image_auroc"]
