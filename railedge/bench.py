@@ -217,8 +217,10 @@ def run_bench(cfg: Config, source: str, frames: int = 200, fit_frames: int = 40,
 
 def format_bench(r: dict[str, Any]) -> str:
     m = r["machine"]
+    red = int(r.get("decode_reduce", 1))
     lines = [f"railedge bench on {m['cpu']} ({m['cores']} cores), {r['threads']} threads, input {r['input'][0]}x{r['input'][1]}, "
-             f"T={r['time_steps']}, frames {r['frame_size'][0]}x{r['frame_size'][1]} (decoded at 1/{r.get('decode_reduce', 1)}) from {r['source']}", "",
+             f"T={r['time_steps']}, frames {r['frame_size'][0] * red}x{r['frame_size'][1] * red} decoded at 1/{red} "
+             f"({r['frame_size'][0]}x{r['frame_size'][1]}) from {r['source']}", "",
              f"{'backbone':<10}{'runtime':<13}{'p50 ms':>9}{'p99 ms':>9}{'frames/s':>10}"]
     for bb, rts in r["backbone_latency"].items():
         for rt, v in rts.items():

@@ -185,7 +185,7 @@ def main() -> int:
         model = work / "models" / key
         reuse = a.reuse or (only is not None and key not in only)
         print(f"[train] normal-only on synthetic footage ({key}) ...", flush=True)
-        b = build("train", ["--data", str(syn / "normal"), "--mode", "normal", "--epochs", "8"] + extra, model, reuse, log)
+        b = build("train", ["--data", str(syn / "normal"), "--mode", "normal"] + extra, model, reuse, log)
         ev_d = cli(["eval", "--model", str(model), "--data", str(syn / "frames"), "--plots", str(work / "plots" / key)], log)
         ev_a = cli(["eval", "--model", str(model), "--data", str(syn / "frames"), "--set", "events.alarm_classes=[defect,dirt,gap]"], log)
         syn_rows.append({"key": key, "build": b, "eval_defect": ev_d, "eval_any": ev_a})
