@@ -290,3 +290,16 @@ def test_auto_decode_reduction_keeps_the_band_at_model_input(tmp_path):
     assert frame.image.shape == (500, 512) and frame.scale == 4.0
     fixed = RailBandLocator(RoiConfig(mode="fixed", x=800, width=520)).crop(frame)
     assert (fixed.band.x0, fixed.band.x1) == (200, 330)
+
+
+def test_auto_decode_reduction_follows_the_narrowest_probed_band(tmp_path):
+    """A folder mixing runs: the wide-band first frame alone would allow 1/4, a narrower run later
+    in the folder needs 1/2 (its band would otherwise be upsampled to the model width)."""
+    from railedge.sources.reduce import resolve_reduce
+
+    for i in range(6):
+        x1 = 1320 if i < 4 else 1060  # band 520 px, then 260 px (260 / 4 = 65 < 115)
+        cv2.imwrite(str(tmp_path / f"{i:03d}.jpg"), rail_image(h=2000, w=2048, x0=800, x1=x1, seed=i))
+    roi = RoiConfig(margin=0.0)
+    assert resolve_reduce(0, tmp_path, roi, (512, 128), probes=1) == 4  # the first frame only
+    assert resolve_reduce(0, tmp_path, roi, (512, 128)) == 2

@@ -2,11 +2,11 @@
 
 Line-scan frames are large (2048x2000) and the model sees the rail band at its input size
 (512x128 by default), so most decoded pixels are thrown away by the resize. JPEG decodes at 1/2,
-1/4 or 1/8 size several times faster (DCT scaling). `reduce: 0` (auto) picks, from the first
-frame of the footage, the largest factor that still leaves the located rail band at least 90%
-of the model's input size in both directions, so the model input keeps (nearly) all the detail it
-had from a full-size decode. Measured on the raildefect runs (2048x2000, bands 243-530 px wide):
-factor 2 or 4; replay 27 → 60-87 frames/s with the other speed-ups (docs in `railedge bench`)."""
+1/4 or 1/8 size several times faster (DCT scaling). `reduce: 0` (auto) probes a few frames spread
+over the folder and picks the largest factor that leaves the located rail band at least 90% of
+the model's input size in both directions in every probed frame, so the model input keeps
+(nearly) all the detail of a full-size decode. raildefect (2048x2000, bands 243-530 px wide):
+1/4 for wide-band runs, 1/2 for the whole folder (its narrowest runs need it)."""
 
 from __future__ import annotations
 
@@ -37,9 +37,10 @@ def reduce_for_image(image: np.ndarray, roi: RoiConfig, input_hw: tuple[int, int
     return 1
 
 
-def resolve_reduce(setting: int, data: str | Path, roi: RoiConfig, input_hw: tuple[int, int]) -> int:
-    """`setting` when fixed (1, 2, 4, 8); for 0 (auto) the factor for the first image of the
-    folder `data` (1 for videos and cameras, which decode at their own size)."""
+def resolve_reduce(setting: int, data: str | Path, roi: RoiConfig, input_hw: tuple[int, int], probes: int = 8) -> int:
+    """`setting` when fixed (1, 2, 4, 8); for 0 (auto) the smallest factor that `probes` images
+    spread over the folder `data` allow (a folder may hold several runs with different band widths;
+    videos and cameras decode at their own size: 1)."""
     if setting:
         return int(setting)
     p = Path(data)
@@ -47,9 +48,18 @@ def resolve_reduce(setting: int, data: str | Path, roi: RoiConfig, input_hw: tup
         return 1
     try:
         files = list_images(p)
-        image = read_gray(files[0])
     except SourceError:
         return 1  # the source itself reports the problem when it is opened
-    f = reduce_for_image(image, roi, input_hw)
-    log.info("decode_reduce", source=p.name, factor=f, frame=list(image.shape[::-1]), input=list(input_hw))
+    picks = sorted({round(i * (len(files) - 1) / max(1, probes - 1)) for i in range(min(probes, len(files)))})
+    f, shape = max(FACTORS), None
+    for i in picks:
+        try:
+            image = read_gray(files[i])
+        except SourceError:
+            continue  # a corrupt frame is reported (and skipped) by the source itself
+        shape = shape or list(image.shape[::-1])
+        f = min(f, reduce_for_image(image, roi, input_hw))
+    if shape is None:
+        return 1
+    log.info("decode_reduce", source=p.name, factor=f, frame=shape, input=list(input_hw), probed=len(picks))
     return f
