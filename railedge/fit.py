@@ -3,10 +3,7 @@ calibrate the threshold on held-out normal frames, and write the model artifact.
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -16,7 +13,7 @@ from railedge.config import Config
 from railedge.datasets import Sample, iter_samples, read_classes, is_yolo_dir
 from railedge.errors import DataError, ModelError
 from railedge.logs import get_logger
-from railedge.model import ModelArtifact, write_meta
+from railedge.model import artifact_meta, building, write_meta
 from railedge.preprocess import Preprocess
 from railedge.roi import RailBandLocator
 from railedge.scoring import AnomalyScorer, ColumnMemoryBank, calibrate_threshold
@@ -100,10 +97,7 @@ def fit(cfg: Config, data: str | Path, out: str | Path, fmt: str = "auto", seed:
     out = Path(out)
     data = Path(data)
     t_start = time.monotonic()
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with building(out) as tmp:
         module, h, w = _export(cfg, tmp)
         pre = Preprocess(h, w)
         if cfg.runtime == "eager":
@@ -136,36 +130,19 @@ def fit(cfg: Config, data: str | Path, out: str | Path, fmt: str = "auto", seed:
         threshold = (cfg.scoring.threshold if cfg.scoring.threshold is not None
                      else calibrate_threshold(hold_scores, cfg.scoring.false_alarm_rate) * (1.0 + cfg.scoring.threshold_margin))
         bank.save(tmp / "bank.npz")
-        meta = {
-            "backbone": cfg.model.backbone,
-            "model_config": _plain_model(cfg),
-            "preprocess": pre.to_dict(),
-            "feature": {"stride": int(module.stride), "channels": int(f), "grid": [int(gh), int(gw)]},
-            "threshold": float(threshold),
-            "smoothing_sigma": cfg.scoring.smoothing_sigma,
-            "calibration": {
+        meta = artifact_meta(
+            cfg, pre, stride=int(module.stride), channels=f, grid=(gh, gw), threshold=threshold, holdout_scores=hold_scores, data=data,
+            calibration={
                 "method": "held-out normal frames, order statistic at the target false-alarm rate, times (1 + margin)",
                 "false_alarm_rate": cfg.scoring.false_alarm_rate,
                 "margin": cfg.scoring.threshold_margin,
                 "fit_frames": int(len(fit_idx)),
                 "holdout_frames": int(len(hold_idx)),
-                "holdout_score_quantiles": {q: float(np.quantile(hold_scores, float(q))) for q in ("0.5", "0.9", "0.99", "1.0")},
-                "overridden": cfg.scoring.threshold is not None,
             },
-            "bank_size": bank.size,
-            "classes": read_classes(data) if data.is_dir() and is_yolo_dir(data) else [],
-            "data": str(data),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "config": cfg.to_dict(),
-        }
+            bank_size=bank.size,
+            classes=read_classes(data) if data.is_dir() and is_yolo_dir(data) else [],
+        )
         write_meta(tmp, meta)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.replace(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    ModelArtifact.load(out)  # the artifact we wrote must load
     summary = {
         "model": str(out),
         "backbone": cfg.model.backbone,
@@ -179,7 +156,3 @@ def fit(cfg: Config, data: str | Path, out: str | Path, fmt: str = "auto", seed:
     }
     log.info("fitted", **summary)
     return summary
-
-
-def _plain_model(cfg: Config) -> dict[str, Any]:
-    return json.loads(json.dumps(cfg.to_dict()["model"]))

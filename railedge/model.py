@@ -22,15 +22,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
 
 from railedge import __version__
 from railedge.errors import ModelError
 from railedge.preprocess import Preprocess
 from railedge.scoring import AnomalyScorer, ColumnMemoryBank
 from railedge.scoring.head import HeadScorer
+
+if TYPE_CHECKING:
+    from railedge.config import Config
 
 FORMAT = "railedge.model/1"
 RUNTIME_FILES = {"onnx": "backbone.onnx", "torchscript": "backbone.ts", "eager": "weights.pt"}
@@ -52,6 +60,47 @@ def write_meta(model_dir: Path, meta: dict[str, Any]) -> None:
     tmp = model_dir / "model.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
     tmp.replace(model_dir / "model.json")
+
+
+def artifact_meta(cfg: "Config", pre: Preprocess, *, stride: int, channels: int, grid: tuple[int, int], threshold: float,
+                  calibration: dict[str, Any], holdout_scores: np.ndarray, data: Path, **extra: Any) -> dict[str, Any]:
+    """model.json fields shared by `railedge fit` and `railedge train` (`extra` adds the maker's own)."""
+    return {
+        "backbone": cfg.model.backbone,
+        "model_config": json.loads(json.dumps(cfg.to_dict()["model"])),
+        "preprocess": pre.to_dict(),
+        "feature": {"stride": int(stride), "channels": int(channels), "grid": [int(grid[0]), int(grid[1])]},
+        "threshold": float(threshold),
+        "smoothing_sigma": cfg.scoring.smoothing_sigma,
+        "calibration": {
+            **calibration,
+            "holdout_score_quantiles": {q: float(np.quantile(holdout_scores, float(q))) for q in ("0.5", "0.9", "0.99", "1.0")},
+            "overridden": cfg.scoring.threshold is not None,
+        },
+        "data": str(data),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": cfg.to_dict(),
+        **extra,
+    }
+
+
+@contextmanager
+def building(out: Path) -> Iterator[Path]:
+    """Write an artifact into a fresh OUT.partial folder (yielded; finish with `write_meta`); on
+    success it replaces OUT, then must load. On any error the partial folder is removed and OUT,
+    if it existed, is left as it was."""
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.replace(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    ModelArtifact.load(out)  # the artifact we wrote must load
 
 
 @dataclass

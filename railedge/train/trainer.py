@@ -36,7 +36,7 @@ from railedge.config import Config
 from railedge.evaluate import auroc
 from railedge.errors import DataError, ModelError
 from railedge.logs import get_logger
-from railedge.model import ModelArtifact, write_meta
+from railedge.model import ModelArtifact, artifact_meta, building, write_meta
 from railedge.preprocess import Preprocess
 from railedge.scoring import calibrate_threshold
 from railedge.train.data import IGNORE, FrameSet, LabelledFrame, cell_targets, load_frames, split_by_run
@@ -499,10 +499,7 @@ def _write_artifact(cfg: Config, net: Any, pre: Preprocess, out: Path, data: Pat
     use_bank = normal_only and cfg.train.normal_scoring == "bank"
     module = net.backbone if use_bank else net
     module.eval()
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with building(out) as tmp:
         torch.save(module.state_dict(), tmp / "weights.pt")
         export_onnx(module, h, w, tmp / "backbone.onnx")
         try:
@@ -552,36 +549,16 @@ def _write_artifact(cfg: Config, net: Any, pre: Preprocess, out: Path, data: Pat
         }
         (tmp / "training.json").write_text(json.dumps(training, indent=1))
         training_curve_png(curve, tmp / "training_curve.png", title=f"{cfg.model.backbone} {mode}")
-        meta = {
-            "backbone": cfg.model.backbone,
-            "model_config": json.loads(json.dumps(cfg.to_dict()["model"])),
-            "preprocess": pre.to_dict(),
-            "feature": {"stride": stride, "channels": int(n_out), "grid": [int(gh), int(gw)]},
-            "threshold": float(threshold),
-            "smoothing_sigma": cfg.scoring.smoothing_sigma,
-            "scoring": scoring,
-            "calibration": {
-                **calibration,
-                "holdout_frames": len(val_frames),
-                "holdout_score_quantiles": {q: float(np.quantile(hold, float(q))) for q in ("0.5", "0.9", "0.99", "1.0")},
-                "overridden": cfg.scoring.threshold is not None,
-            },
-            "classes": [] if use_bank else head_classes[1:],
-            "trained": {"mode": mode, "epochs": int(cfg.train.epochs), "seed": int(cfg.train.seed),
-                        "train_seconds": round(train_seconds, 1), "final": curve["epochs"][-1] if curve["epochs"] else None},
-            "data": str(data),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "config": cfg.to_dict(),
+        meta = artifact_meta(
+            cfg, pre, stride=stride, channels=n_out, grid=(gh, gw), threshold=threshold, holdout_scores=hold, data=data,
+            calibration={**calibration, "holdout_frames": len(val_frames)},
+            scoring=scoring,
+            classes=[] if use_bank else head_classes[1:],
+            trained={"mode": mode, "epochs": int(cfg.train.epochs), "seed": int(cfg.train.seed),
+                     "train_seconds": round(train_seconds, 1), "final": curve["epochs"][-1] if curve["epochs"] else None},
             **extra,
-        }
+        )
         write_meta(tmp, meta)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.replace(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    ModelArtifact.load(out)
     return {
         "model": str(out),
         "backbone": cfg.model.backbone,
