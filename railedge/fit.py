@@ -76,7 +76,7 @@ def _export(cfg: Config, tmp: Path) -> tuple[Any, int, int]:
     except ImportError:
         raise ModelError("fitting needs torch: pip install 'railedge[train]'") from None
     from railedge.backbones import build_backbone
-    from railedge.backbones.export import export_onnx, export_torchscript
+    from railedge.backbones.export import export_runtimes
 
     torch.manual_seed(0)
     module = build_backbone(cfg.model).eval()
@@ -84,12 +84,7 @@ def _export(cfg: Config, tmp: Path) -> tuple[Any, int, int]:
     stride = int(module.stride)
     if h % stride or w % stride:
         raise ModelError(f"model.input_height/input_width ({h}x{w}) must be multiples of the backbone stride {stride}")
-    torch.save(module.state_dict(), tmp / "weights.pt")
-    export_onnx(module, h, w, tmp / "backbone.onnx")
-    try:
-        export_torchscript(module, h, w, tmp / "backbone.ts")
-    except Exception as e:  # TorchScript is optional (deprecated in torch 2.14)
-        log.warning("torchscript_export_failed", error=str(e)[:200])
+    export_runtimes(module, h, w, tmp)
     return module, h, w
 
 

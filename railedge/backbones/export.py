@@ -43,3 +43,17 @@ def export_torchscript(module: nn.Module, height: int, width: int, path: Path) -
         traced = torch.jit.trace(module, (x,), check_trace=False)
         traced.save(str(path))
     return path
+
+
+def export_runtimes(module: nn.Module, height: int, width: int, folder: Path) -> None:
+    """Everything the runtimes load, into an artifact folder: weights.pt (eager), backbone.onnx
+    (ONNX Runtime) and, when tracing works, backbone.ts (TorchScript is optional: deprecated in
+    torch 2.14; a failed trace is logged and the artifact stays usable)."""
+    from railedge.logs import get_logger
+
+    torch.save(module.state_dict(), folder / "weights.pt")
+    export_onnx(module, height, width, folder / "backbone.onnx")
+    try:
+        export_torchscript(module, height, width, folder / "backbone.ts")
+    except Exception as e:
+        get_logger("railedge.export").warning("torchscript_export_failed", error=str(e)[:200])

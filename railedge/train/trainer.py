@@ -490,7 +490,7 @@ def _write_artifact(cfg: Config, net: Any, pre: Preprocess, out: Path, data: Pat
                     train_frames: list[LabelledFrame], val_frames: list[LabelledFrame], head_classes: list[str],
                     mode: str, curve: dict, train_seconds: float, normal_only: bool, torch: Any,
                     val_data: Path | None = None) -> dict[str, Any]:
-    from railedge.backbones.export import export_onnx, export_torchscript
+    from railedge.backbones.export import export_runtimes
     from railedge.runtime.onnx import OnnxEngine
     from railedge.scoring import AnomalyScorer, ColumnMemoryBank
     from railedge.scoring.head import HeadScorer
@@ -500,12 +500,7 @@ def _write_artifact(cfg: Config, net: Any, pre: Preprocess, out: Path, data: Pat
     module = net.backbone if use_bank else net
     module.eval()
     with building(out) as tmp:
-        torch.save(module.state_dict(), tmp / "weights.pt")
-        export_onnx(module, h, w, tmp / "backbone.onnx")
-        try:
-            export_torchscript(module, h, w, tmp / "backbone.ts")
-        except Exception as e:  # TorchScript is optional (deprecated in torch 2.14)
-            log.warning("torchscript_export_failed", error=str(e)[:200])
+        export_runtimes(module, h, w, tmp)
         engine = OnnxEngine(tmp / "backbone.onnx", cfg.threads)  # calibrate on the graph inference runs
 
         def feats_of(frames: list[LabelledFrame]) -> np.ndarray:
