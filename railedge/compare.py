@@ -29,6 +29,7 @@ from railedge.config import Config
 from railedge.errors import ConfigError, DataError, ModelError
 from railedge.logs import get_logger
 from railedge.runtime import resolve_threads
+from railedge.sources.reduce import resolve_reduce
 
 
 
@@ -83,8 +84,6 @@ def load_crops(cfg: Config, source: str, n: int, height: int, width: int) -> tup
     locator = RailBandLocator(cfg.roi)
     pre = Preprocess(height, width)
     xs, names = [], []
-    from railedge.sources.reduce import resolve_reduce
-
     reduce = resolve_reduce(cfg.source.reduce, source, cfg.roi, (height, width))
     for s in iter_samples(source, "auto", reduce=reduce, max_frames=n):
         band = locator.locate(s.image, reduce)

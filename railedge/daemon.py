@@ -405,14 +405,18 @@ class Daemon:
                       error=f"{err.__class__.__name__}: {err}" if err else "the source ended",
                       retry_in_s=round(delay, 2), fix="the camera source stopped unexpectedly; it is reopened")
 
+    def _stop_capture(self, cap: Any) -> None:
+        """No new frames: the capture thread stops after the read in progress, the source closes."""
+        cap.stop()
+        if self.source is not None:
+            self.source.close()
+
     def _retire_capture(self) -> None:
         """Stop the capture thread and fold its counters into the totals."""
         cap = self.capture
         if cap is None:
             return
-        cap.stop()
-        if self.source is not None:
-            self.source.close()
+        self._stop_capture(cap)
         cap.join(2.0)
         self._in_base += cap.captured
         self._skipped_base += cap.dropped
@@ -654,9 +658,7 @@ class Daemon:
         cap = self.capture
         if cap is None:
             return
-        cap.stop()
-        if self.source is not None:
-            self.source.close()
+        self._stop_capture(cap)
         drained = 0
         while time.monotonic() < deadline:
             try:

@@ -40,6 +40,7 @@ import numpy as np
 from railedge.config import Config
 from railedge.events.boxes import BoxFinder
 from railedge.model import ModelArtifact
+from railedge.sources.reduce import resolve_reduce
 from railedge.train.data import IGNORE, LabelledFrame, load_frames
 from railedge.values import Crop, Frame
 
@@ -238,8 +239,6 @@ def evaluate(cfg: Config, model_path: str | Path, data: str | Path, fmt: str = "
     scorer = model.scorer()
     alarm = list(alarm_classes if alarm_classes is not None else cfg.events.alarm_classes)
     thr = threshold if threshold is not None else (cfg.scoring.threshold if cfg.scoring.threshold is not None else model.threshold)
-    from railedge.sources.reduce import resolve_reduce
-
     reduce = resolve_reduce(cfg.source.reduce, data, cfg.roi, (model.preprocess.height, model.preprocess.width))
     fs = load_frames(data, fmt, model.preprocess, cfg.roi, reduce, names=names)
     frames: list[LabelledFrame] = [f for f in fs.frames if f.boxes is not None]

@@ -17,6 +17,7 @@ from railedge.model import artifact_meta, building, write_meta
 from railedge.preprocess import Preprocess
 from railedge.roi import RailBandLocator
 from railedge.scoring import AnomalyScorer, ColumnMemoryBank, calibrate_threshold
+from railedge.sources.reduce import resolve_reduce
 from railedge.values import Band
 
 log = get_logger("railedge.fit")
@@ -105,13 +106,11 @@ def fit(cfg: Config, data: str | Path, out: str | Path, fmt: str = "auto", seed:
 
             engine = OnnxEngine(tmp / "backbone.onnx", cfg.threads)
         locator = RailBandLocator(cfg.roi)
-        from railedge.sources.reduce import resolve_reduce
-
         reduce = resolve_reduce(cfg.source.reduce, data, cfg.roi, (h, w))
         samples = list(iter_samples(data, fmt, reduce=reduce, max_frames=cfg.scoring.max_fit_frames))
         if len(samples) < 4:
             raise DataError(f"data {str(data)!r} has {len(samples)} frames; fitting needs at least 4 normal frames")
-        feats, bands, samples = extract(samples, locator, pre, engine, scale=reduce if Path(data).is_dir() else 1)
+        feats, bands, samples = extract(samples, locator, pre, engine, scale=reduce)
         n, f, gh, gw = feats.shape
         masks = np.stack([label_mask(s, b, (gh, gw)) for s, b in zip(samples, bands)])
         n_hold = max(1, int(round(n * cfg.scoring.holdout_fraction)))

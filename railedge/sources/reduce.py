@@ -38,14 +38,14 @@ def reduce_for_image(image: np.ndarray, roi: RoiConfig, input_hw: tuple[int, int
 
 
 def resolve_reduce(setting: int, data: str | Path, roi: RoiConfig, input_hw: tuple[int, int], probes: int = 8) -> int:
-    """`setting` when fixed (1, 2, 4, 8); for 0 (auto) the smallest factor that `probes` images
-    spread over the folder `data` allow (a folder may hold several runs with different band widths;
-    videos and cameras decode at their own size: 1)."""
-    if setting:
-        return int(setting)
+    """The decode reduction for `data`: 1 for videos and cameras (they decode at their own size);
+    for an image folder `setting` when fixed (1, 2, 4, 8), for 0 (auto) the smallest factor that
+    `probes` images spread over the folder allow (a folder may hold runs of different band widths)."""
     p = Path(data)
     if not p.is_dir():
         return 1
+    if setting:
+        return int(setting)
     try:
         files = list_images(p)
     except SourceError:

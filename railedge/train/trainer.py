@@ -39,6 +39,7 @@ from railedge.logs import get_logger
 from railedge.model import ModelArtifact, artifact_meta, building, write_meta
 from railedge.preprocess import Preprocess
 from railedge.scoring import calibrate_threshold
+from railedge.sources.reduce import resolve_reduce
 from railedge.train.data import IGNORE, FrameSet, LabelledFrame, cell_targets, load_frames, split_by_run
 
 log = get_logger("railedge.train")
@@ -268,8 +269,6 @@ def train(
     out, data = Path(out), Path(data)
     h, w = cfg.model.input_height, cfg.model.input_width
     pre = Preprocess(h, w)
-    from railedge.sources.reduce import resolve_reduce
-
     reduce = resolve_reduce(cfg.source.reduce, data, cfg.roi, (h, w))
     fs = load_frames(data, fmt, pre, cfg.roi, reduce, max_frames=None)
     if mode == "auto":
@@ -444,8 +443,6 @@ def recalibrate(cfg: Config, model_dir: str | Path, val: str | Path | None = Non
         raise ModelError(f"model {str(model_dir)!r} was not made by 'railedge train' (no training.json); refit it instead")
     training = json.loads(tj.read_text())
     names = None if val is not None else training["val_frames"]
-    from railedge.sources.reduce import resolve_reduce
-
     vdata = Path(val) if val is not None else Path(training.get("val_data", training["data"]))
     fs = load_frames(vdata, fmt, model.preprocess, cfg.roi,
                      resolve_reduce(cfg.source.reduce, vdata, cfg.roi, (model.preprocess.height, model.preprocess.width)), names=names)
