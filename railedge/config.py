@@ -216,6 +216,7 @@ class TrainConfig:
     lr: float = _f(0.002, min=0.0, help="AdamW learning rate (cosine decay to 5% over the run)")
     weight_decay: float = _f(0.0001, min=0.0)
     head_width: int = _f(64, min=4, max=4096, help="channels of the per-patch head (3x3 conv, 3x3 conv, 1x1 logits)")
+    head_dilation: int = _f(1, min=1, max=16, help="dilation of the head's second 3x3 conv (wider context per cell)")
     seed: int = _f(0, min=0, help="initialisation, tile sampling and augmentation: a fixed seed reproduces the run")
     val_fraction: float = _f(0.2, min=0.05, max=0.9, help="share of images (whole recording runs) held out to validate and calibrate when no --val is given")
     checkpoint_every: int = _f(25, min=1, help="optimiser steps between checkpoints (resume after interruption)")

@@ -130,6 +130,21 @@ def test_cli_train_progress_stop_and_resume(footage, tmp_path):
     assert ModelArtifact.load(tmp_path / "m").has_head
 
 
+def test_head_dilation_is_rebuilt_from_the_artifact(footage, tmp_path):
+    """train.head_dilation changes no weight shape, so a loader that ignored it would load the weights
+    silently and compute something else: the eager rebuild must match the exported graph."""
+    from railedge.train.data import load_frames
+    from railedge.train.trainer import train
+
+    train(tiny_cfg("train.head_dilation=2"), footage / "frames", tmp_path / "d")
+    m = ModelArtifact.load(tmp_path / "d")
+    assert m.scoring["head"]["dilation"] == 2
+    fs = load_frames(footage / "frames", "yolo", m.preprocess, tiny_cfg().roi)
+    x = fs.frames[3].x[None, None]
+    onnx, eager = m.engine("onnx")(x), m.engine("eager")(x)
+    assert (np.abs(eager - onnx) < 1e-3).mean() > 0.95
+
+
 @pytest.mark.parametrize("scoring", ["head", "bank"])
 def test_normal_only_mode(footage, tmp_path, scoring):
     from railedge.train.trainer import train

@@ -15,16 +15,18 @@ from torch import nn
 class PatchHead(nn.Module):
     """BatchNorm of the backbone features (spike rates and membrane means differ in scale by orders
     of magnitude), the row context (features averaged across the rail width: a joint spans the whole
-    head, a squat does not), then 3x3 conv, 3x3 conv and 1x1 class logits."""
+    head, a squat does not), then 3x3 conv, 3x3 conv (dilated by `dilation`: wider context, e.g. how
+    far a dark patch spreads) and 1x1 class logits."""
 
-    def __init__(self, in_channels: int, classes: int, width: int = 64, row_context: bool = True) -> None:
+    def __init__(self, in_channels: int, classes: int, width: int = 64, row_context: bool = True, dilation: int = 1) -> None:
         super().__init__()
         self.row_context = row_context
+        self.dilation = int(dilation)
         self.norm = nn.BatchNorm2d(in_channels)
         c = in_channels * (2 if row_context else 1)
         self.body = nn.Sequential(
             nn.Conv2d(c, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=self.dilation, dilation=self.dilation), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
         )
         self.logits = nn.Conv2d(width, classes, 1)
 
@@ -39,10 +41,10 @@ class HeadedBackbone(nn.Module):
     """Backbone + head. `forward` gives softmax probabilities (what the exported graph outputs);
     `logits` gives the raw logits for training."""
 
-    def __init__(self, backbone: nn.Module, classes: int, width: int = 64, row_context: bool = True) -> None:
+    def __init__(self, backbone: nn.Module, classes: int, width: int = 64, row_context: bool = True, dilation: int = 1) -> None:
         super().__init__()
         self.backbone = backbone
-        self.head = PatchHead(int(backbone.out_channels), classes, width, row_context)
+        self.head = PatchHead(int(backbone.out_channels), classes, width, row_context, dilation)
         self.stride = int(backbone.stride)
         self.out_channels = classes
 
@@ -53,10 +55,11 @@ class HeadedBackbone(nn.Module):
         return F.softmax(self.logits(x), dim=1)
 
     def head_meta(self) -> dict[str, Any]:
-        return {"width": self.head.logits.in_channels, "row_context": self.head.row_context}
+        return {"width": self.head.logits.in_channels, "row_context": self.head.row_context, "dilation": self.head.dilation}
 
     @classmethod
     def from_meta(cls, backbone: nn.Module, scoring: dict[str, Any]) -> "HeadedBackbone":
         """Rebuild the network described by a model's `scoring` entry (weights loaded separately)."""
         head = scoring.get("head", {})
-        return cls(backbone, len(scoring["classes"]), int(head.get("width", 64)), bool(head.get("row_context", True)))
+        return cls(backbone, len(scoring["classes"]), int(head.get("width", 64)), bool(head.get("row_context", True)),
+                   int(head.get("dilation", 1)))

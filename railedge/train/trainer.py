@@ -300,7 +300,7 @@ def train(
     stride = int(backbone.stride)
     if h % stride or w % stride:
         raise ModelError(f"model.input_height/input_width ({h}x{w}) must be multiples of the backbone stride {stride}")
-    net = HeadedBackbone(backbone, k + 1, int(tc.head_width))
+    net = HeadedBackbone(backbone, k + 1, int(tc.head_width), dilation=int(tc.head_dilation))
     for p in net.parameters():
         p.requires_grad_(True)
     sampler = TileSampler(train_frames, k, cfg, stride, normal_only)
