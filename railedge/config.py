@@ -221,6 +221,7 @@ class TrainConfig:
     val_fraction: float = _f(0.2, min=0.05, max=0.9, help="share of images (whole recording runs) held out to validate and calibrate when no --val is given")
     checkpoint_every: int = _f(25, min=1, help="optimiser steps between checkpoints (resume after interruption)")
     augment: bool = _f(True, help="flips, brightness/contrast jitter and noise")
+    resample: float = _f(0.0, min=0.0, max=1.0, help="share of augmented tiles sent through a smaller size and back (resampling texture)")
     synthetic_fraction: float = _f(0.6, min=0.0, max=1.0, help="normal-only mode: share of tiles given a pasted synthetic defect")
     val_false_alarms_per_frame: float = _f(
         0.1, min=0.0, help="labelled mode: threshold = the lowest at which alarm boxes on the held-out runs give at most "

@@ -65,9 +65,11 @@ def _torch():
 
 
 # ------------------------------------------------------------------------------------------- tiles
-def _augment(x: np.ndarray, lm: np.ndarray, rng: np.random.Generator, level: float) -> tuple[np.ndarray, np.ndarray]:
+def _augment(x: np.ndarray, lm: np.ndarray, rng: np.random.Generator, level: float,
+             resample: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Flips; a random zoom and sideways shift (recording runs differ in rail width, band position
-    and speed); gamma, gain, contrast, blur and noise (they differ in lighting and sharpness)."""
+    and speed); gamma, gain, contrast, blur and noise (they differ in lighting and sharpness); with
+    probability `resample`, a round trip through a smaller size (decoders and cameras resample)."""
     import cv2
 
     if rng.random() < 0.5:
@@ -90,6 +92,10 @@ def _augment(x: np.ndarray, lm: np.ndarray, rng: np.random.Generator, level: flo
         x = cv2.GaussianBlur(x.astype(np.float32), (0, 0), rng.uniform(0.4, 1.2))
     elif r < 0.4:
         x = x + rng.uniform(0.3, 1.0) * (x - cv2.GaussianBlur(x.astype(np.float32), (0, 0), 1.0))
+    if resample > 0 and rng.random() < resample:  # drawn only when enabled: default runs keep their random stream
+        f = rng.uniform(0.5, 0.9)
+        small = cv2.resize(x.astype(np.float32), (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+        x = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR if rng.random() < 0.5 else cv2.INTER_CUBIC)
     sigma = rng.uniform(0.0, 0.04)
     if sigma > 0:
         x = x + rng.normal(0.0, sigma, x.shape).astype(np.float32)
@@ -144,7 +150,7 @@ class TileSampler:
                 x, mask, _kind = paste(x, rng, level=self.level)
                 lm = np.where(mask > 0, 1, lm).astype(np.uint8)
         if self.t.augment:
-            x, lm = _augment(x, lm, rng, self.level)
+            x, lm = _augment(x, lm, rng, self.level, float(self.t.resample))
         t, wgt = cell_targets(lm, self.classes, self.stride)
         return x, t, wgt
 
