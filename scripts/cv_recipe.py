@@ -13,6 +13,7 @@ are not reported. Folds train side by side, one torch thread each.
     .venv/bin/python scripts/cv_recipe.py base
     .venv/bin/python scripts/cv_recipe.py dil2 --set train.head_dilation=2
     .venv/bin/python scripts/cv_recipe.py r1 --set source.reduce=1 --eval-set source.reduce=1
+    .venv/bin/python scripts/cv_recipe.py half --train-fraction 0.5      # a learning-curve point
 
 Results are appended to WORK/results.jsonl; docs/training.md lists those measured so far."""
 
@@ -51,14 +52,21 @@ def folds_for(runs: dict[str, int], k: int) -> list[set[str]]:
     return out
 
 
-def link_split(data: Path, dst: Path, runs: set[str]) -> Path:
+def link_split(data: Path, dst: Path, runs: set[str], fraction: float = 1.0) -> Path:
+    """A YOLO folder of symlinks to the images (and labels) of `runs`; with `fraction` < 1, that share
+    of each run's images, spread evenly along the run (a learning curve)."""
     shutil.rmtree(dst, ignore_errors=True)
     (dst / "images").mkdir(parents=True)
     (dst / "labels").mkdir()
     if (data / "classes.txt").is_file():
         (dst / "classes.txt").write_text((data / "classes.txt").read_text())
+    seen: dict[str, int] = {}
     for p in sorted((data / "images").iterdir()):
-        if run_of(p.name) in runs:
+        r = run_of(p.name)
+        if r in runs:
+            i = seen[r] = seen.get(r, -1) + 1
+            if int((i + 1) * fraction) == int(i * fraction):  # keeps round(n * fraction) of n, evenly spaced
+                continue
             (dst / "images" / p.name).symlink_to(p.resolve())
             lab = data / "labels" / (p.stem + ".txt")
             if lab.is_file():
@@ -73,6 +81,8 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/railedge-cv")
     ap.add_argument("--folds", type=int, default=2)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for training (repeatable)")
+    ap.add_argument("--train-fraction", type=float, default=1.0,
+                    help="train on this share of each training run's images (evenly spaced): a learning curve")
     ap.add_argument("--eval-set", action="append", default=[], metavar="KEY=VALUE", help="config override for evaluation (repeatable)")
     a = ap.parse_args()
     data, work = Path(a.data), Path(a.work)
@@ -87,7 +97,9 @@ def main() -> int:
     if any(not f for f in folds):
         raise SystemExit(f"{len(runs)} runs outside the test runs cannot make {a.folds} folds")
     held = [link_split(data, work / "split" / f"fold{i}", f) for i, f in enumerate(folds)]
-    rest = [link_split(data, work / "split" / f"not{i}", set(runs) - f) for i, f in enumerate(folds)]
+    if not 0.0 < a.train_fraction <= 1.0:
+        raise SystemExit(f"--train-fraction {a.train_fraction}: expected a share in (0, 1]")
+    rest = [link_split(data, work / "split" / f"not{i}_{a.name}", set(runs) - f, a.train_fraction) for i, f in enumerate(folds)]
     sets = [x for kv in a.set for x in ("--set", kv)]
     t0 = time.monotonic()
     procs = []
@@ -116,7 +128,8 @@ def main() -> int:
                     "max_recall": max((s["recall"] or 0.0) for s in ev["pr_sweep"])})
     keys = ("image_auroc", "tile_auroc", "pixel_auroc", "recall_at_0.2", "max_recall")
     mean = {k: (round(sum(v) / len(v), 4) if (v := [p[k] for p in per if p[k] is not None]) else None) for k in keys}
-    line = {"name": a.name, "set": a.set, "eval_set": a.eval_set, "train_s": round(train_s), "mean": mean, "folds": per}
+    line = {"name": a.name, "set": a.set, "eval_set": a.eval_set, "train_fraction": a.train_fraction,
+            "train_images": [len(list((r / "images").iterdir())) for r in rest], "train_s": round(train_s), "mean": mean, "folds": per}
     with open(work / "results.jsonl", "a") as f:
         f.write(json.dumps(line) + "\n")
     print(json.dumps(line), flush=True)

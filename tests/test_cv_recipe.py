@@ -56,3 +56,19 @@ def test_cross_validation_end_to_end_skips_test_runs(tmp_path):
     for f in line["folds"]:  # tiny footage: a fold may hold no defect, then an AUROC is undefined (None)
         assert all(f[k] is None or 0.0 <= f[k] <= 1.0 for k in ("image_auroc", "tile_auroc", "pixel_auroc", "max_recall"))
     assert json.loads((work / "results.jsonl").read_text().splitlines()[-1]) == line
+
+
+def test_train_fraction_keeps_an_even_share_of_each_run(tmp_path):
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    for run, n in (("3000001", 10), ("3000002", 4), ("3000003", 1)):
+        for i in range(n):
+            (data / "images" / f"{run}{i:06d}.png").write_bytes(b"")
+            (data / "labels" / f"{run}{i:06d}.txt").write_text("")
+    runs = {"3000001", "3000002", "3000003"}
+    names = lambda d: sorted(p.name for p in (d / "images").iterdir())  # noqa: E731
+    assert len(names(cv_recipe.link_split(data, tmp_path / "all", runs))) == 15
+    half = names(cv_recipe.link_split(data, tmp_path / "half", runs, 0.5))
+    assert half == [f"3000001{i:06d}.png" for i in (1, 3, 5, 7, 9)] + [f"3000002{i:06d}.png" for i in (1, 3)]
+    assert len(list((tmp_path / "half" / "labels").iterdir())) == len(half)
