@@ -618,7 +618,7 @@ class Daemon:
         if new.daemon.events_out != old.daemon.events_out:
             self._replace_jsonl(new)
         if new.mqtt != old.mqtt:
-            self._replace_publisher(new)
+            self._replace_publisher(new, old)
         self.pipeline = self._new_pipeline(new, self.pipeline)
         if new_source is not None:
             self._start_capture()
@@ -641,11 +641,12 @@ class Daemon:
             self.jsonl = JsonlWriter(cfg.daemon.events_out)
             self.sinks.insert(0, self.jsonl)
 
-    def _replace_publisher(self, cfg: Config) -> None:
+    def _replace_publisher(self, cfg: Config, old: Config) -> None:
         if self.publisher is not None:
-            # queued events stay in the outbox (same state_dir) and go out on the new connection
+            # queued events stay in the outbox (same state_dir) and go out on the new connection;
+            # on the same broker and topics the old one leaves without an 'offline' (no flicker)
             self.sinks.remove(self.publisher)
-            self.publisher.close(min(0.5, cfg.mqtt.flush_timeout_s))
+            self.publisher.close(min(0.5, cfg.mqtt.flush_timeout_s), handover=cfg.mqtt.enabled and _same_broker(old, cfg))
             self.publisher = None
         if cfg.mqtt.enabled:
             self.publisher = self._new_publisher(cfg)
@@ -703,6 +704,12 @@ class Daemon:
         log.info("stopped", processed=self.processed, events=self.events_total, outbox_left=left,
                  uptime_s=round(time.monotonic() - self.t_start, 3), rss_mb=rss_mb())
         self.notifier.close()
+
+
+def _same_broker(a: Config, b: Config) -> bool:
+    """Whether two configs publish to the same broker, as the same client, on the same topics."""
+    keys = ("host", "port", "topic_prefix", "client_id", "protocol", "username", "password_env", "password_file", "tls")
+    return a.device == b.device and all(getattr(a.mqtt, k) == getattr(b.mqtt, k) for k in keys)
 
 
 def _release_model_memory() -> None:

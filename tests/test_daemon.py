@@ -297,6 +297,9 @@ def test_live_drops_and_reports_compare_and_sighup_reload(small_model, footage, 
         assert rc == 0, run.tail()
         produced = run.events()
         assert col.wait_for(lambda c: event_keys(produced) <= event_keys(c.json("/events")), 10)
+        # the MQTT reload kept the broker: the new publisher took over without an 'offline' flicker
+        assert col.wait_for(lambda c: statuses(c) and statuses(c)[-1]["state"] == "offline", 10)
+        assert [x["state"] for x in statuses(col)].count("offline") == 1, [x["state"] for x in statuses(col)]
 
 
 @needs_broker

@@ -105,6 +105,24 @@ def test_publishes_all_kinds_with_valid_schemas(broker: MosquittoBroker, tmp_pat
     assert c["acked"] == 3 and c["outbox_depth"] == 0 and c["connects"] == 1
 
 
+def test_handover_close_leaves_no_offline_status(broker: MosquittoBroker, tmp_path: Path) -> None:
+    """A config reload replaces the publisher on the same broker: the old one leaves without an
+    'offline' (subscribers would see the device flicker), the next one announces itself."""
+    with MessageCollector(broker, [("railedge/dev1/status", 1)]) as col:
+        a = MqttPublisher(cfg_for(broker), "dev1", tmp_path / "state", INFO)
+        a.start()
+        assert a.wait_connected(5)
+        a.publish_event(sample_event(0))
+        a.close(2, handover=True)
+        b = MqttPublisher(cfg_for(broker), "dev1", tmp_path / "state", INFO)
+        b.start()
+        assert b.wait_connected(5) and b.wait_drained(5)
+        b.close(2)
+        assert col.wait_for(lambda c: c.json("/status") and c.json("/status")[-1]["state"] == "offline", 5)
+    assert [s["state"] for s in col.json("/status")] == ["online", "online", "offline"]
+    assert a.counters()["acked"] + b.counters()["acked"] >= 1
+
+
 def test_broker_outage_loses_nothing_and_keeps_order(tmp_path: Path) -> None:
     """The broker stops for ~10 s in the middle of a stream; a persistent-session subscriber
     (run_subscriber) still gets every event, once, in order."""

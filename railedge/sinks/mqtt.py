@@ -148,6 +148,7 @@ class MqttPublisher:
         self._connected = threading.Event()
         self._closing = threading.Event()
         self._closed = False
+        self._handover = False  # close(handover=True): no 'offline' goodbye (a new publisher takes over)
         self._close_deadline = 0.0
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = socket.socketpair()
@@ -260,12 +261,17 @@ class MqttPublisher:
         out["last_error"] = self._last_error
         return out
 
-    def close(self, timeout_s: float | None = None) -> None:
+    def close(self, timeout_s: float | None = None, *, handover: bool = False) -> None:
         """Stop: while connected, keep sending for up to `timeout_s` (default
         mqtt.flush_timeout_s) until the outbox is empty, publish the retained 'offline' status and
-        disconnect. Whatever is unacknowledged stays in the outbox for the next start."""
+        disconnect. Whatever is unacknowledged stays in the outbox for the next start.
+
+        `handover`: a new publisher takes over the same broker and topics at once (a config reload),
+        so no 'offline' is published: subscribers see the device stay up, not flicker offline. The
+        disconnect is clean, so the broker does not send the will either."""
         if self._closed:
             return
+        self._handover = bool(handover)
         timeout = self.cfg.flush_timeout_s if timeout_s is None else max(0.0, float(timeout_s))
         self._close_deadline = time.monotonic() + timeout
         self._closing.set()
@@ -700,10 +706,13 @@ class MqttPublisher:
         idle = self._outbox.depth() == 0 and not self._inflight and not self._spill
         if not idle and time.monotonic() < self._close_deadline:
             return False
-        body = to_json_bytes(self.status_body("offline", {**self._status[1], "reason": "shutdown"}))
-        info = client.publish(self.topic_status, body, 1, True)
-        self._goodbye_mid = info.mid
-        self._goodbye_acked = False
+        if self._handover:  # the next publisher announces the state; nothing to say here
+            self._goodbye_mid, self._goodbye_acked = None, True
+        else:
+            body = to_json_bytes(self.status_body("offline", {**self._status[1], "reason": "shutdown"}))
+            info = client.publish(self.topic_status, body, 1, True)
+            self._goodbye_mid = info.mid
+            self._goodbye_acked = False
         grace_end = time.monotonic() + 1.0
         while not self._goodbye_acked and time.monotonic() < grace_end and client.socket() is not None:
             if self._io(client, client.socket(), 0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -715,5 +724,6 @@ class MqttPublisher:
             end = time.monotonic() + 1.0
             while client.socket() is not None and client.want_write() and time.monotonic() < end:
                 client.loop_write()
-        self._log.info("mqtt_goodbye", offline_status_acked=self._goodbye_acked, left_in_outbox=self._outbox.depth())
+        self._log.info("mqtt_goodbye", handover=self._handover, offline_status_acked=None if self._handover else self._goodbye_acked,
+                       left_in_outbox=self._outbox.depth())
         return True
