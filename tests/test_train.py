@@ -261,3 +261,52 @@ def test_resample_augmentation_is_off_by_default_and_keeps_labels():
     # the round trip through a smaller size removes fine texture
     hf = lambda a: float(np.abs(np.diff(a, axis=0)).mean())  # noqa: E731
     assert hf(on[0]) < hf(off_a[0])
+
+
+def test_copy_paste_cuts_labelled_instances_and_pastes_them_with_their_class():
+    from railedge.train.copy_paste import MARGIN, cut_instances, paste
+    from railedge.train.data import IGNORE, LabelledFrame
+    from railedge.values import Band
+
+    rng_img = np.random.default_rng(4)
+    x = (0.5 + 0.05 * rng_img.standard_normal((96, 32))).astype(np.float32)
+    lm = np.zeros(x.shape, np.uint8)
+    x[10:20, 8:16] = 0.1  # a dark "defect" (class 1)
+    lm[10:20, 8:16] = 1
+    x[60:64, 0:32] = 0.05  # a joint across the rail (class 3)
+    lm[60:64, 0:32] = 3
+    lm[80:90, 0:4] = IGNORE
+    src = LabelledFrame("1000001000001.jpg", x, lm, [], Band(0, 32, 0, 96), 1.0, (96, 32))
+    ins = cut_instances([src])
+    assert sorted(i.cls for i in ins) == [1, 3]
+    d = next(i for i in ins if i.cls == 1)
+    assert d.x.shape == (10 + 2 * MARGIN, 8 + 2 * MARGIN) and d.alpha[MARGIN:-MARGIN, MARGIN:-MARGIN].min() == 1.0
+    assert d.alpha[0, 0] < 0.5 and int((d.lm == 1).sum()) == 80  # the margin is rail, not label
+
+    tile = np.full((64, 32), 0.5, np.float32)
+    tl = np.zeros(tile.shape, np.uint8)
+    a, la = paste(tile, tl, ins, np.random.default_rng([3, 1]), 2)
+    b, lb = paste(tile, tl, ins, np.random.default_rng([3, 1]), 2)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(la, lb)
+    assert tile.max() == 0.5 and not tl.any()  # inputs untouched
+    assert la.any() and set(np.unique(la)) <= {0, 1, 3}
+    assert a[la > 0].mean() < 0.3  # the labelled pixels are the dark instance pixels
+    assert np.abs(a[la == 0] - 0.5).mean() < 0.05  # the rest stays rail-like (feathered margin)
+
+
+def test_copy_paste_is_off_by_default_and_reaches_training_tiles(footage):
+    from railedge.train.data import load_frames
+    from railedge.train.trainer import TileSampler
+    from railedge.preprocess import Preprocess
+
+    cfg = tiny_cfg()
+    fs = load_frames(footage / "frames", "auto", Preprocess(cfg.model.input_height, cfg.model.input_width), cfg.roi)
+    off = TileSampler(fs.frames, len(fs.classes), cfg, 8, False)
+    assert off._instances == []
+    on_cfg = tiny_cfg("train.copy_paste=1.0", "train.copy_paste_max=3")
+    on = TileSampler(fs.frames, len(fs.classes), on_cfg, 8, False)
+    assert on._instances
+    labelled = lambda s: sum(float(s.tile(0, j)[1][1:].sum()) for j in range(8))  # noqa: E731
+    assert labelled(on) > labelled(off)  # more labelled cells per tile with instances pasted in
+    np.testing.assert_array_equal(on.tile(0, 3)[0], on.tile(0, 3)[0])  # still a function of (seed, epoch, tile)

@@ -40,6 +40,8 @@ from railedge.model import ModelArtifact, artifact_meta, building, write_meta
 from railedge.preprocess import Preprocess
 from railedge.scoring import calibrate_threshold
 from railedge.sources.reduce import resolve_reduce
+from railedge.train.copy_paste import cut_instances
+from railedge.train.copy_paste import paste as paste_instances
 from railedge.train.data import IGNORE, FrameSet, LabelledFrame, cell_targets, load_frames, split_by_run
 
 log = get_logger("railedge.train")
@@ -120,6 +122,7 @@ class TileSampler:
         self.steps_per_epoch = math.ceil(self.per_epoch / int(cfg.train.batch_size))
         # label pixels per frame (to centre tiles on labelled regions)
         self._fg = [None if f.label_map is None else np.flatnonzero((f.label_map > 0) & (f.label_map != IGNORE)) for f in frames]
+        self._instances = cut_instances(frames) if float(cfg.train.copy_paste) > 0 and not normal_only else []
 
     def tile(self, epoch: int, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(x (rows, W), soft targets (K, rows/s, W/s), cell weights (rows/s, W/s))."""
@@ -149,6 +152,9 @@ class TileSampler:
 
                 x, mask, _kind = paste(x, rng, level=self.level)
                 lm = np.where(mask > 0, 1, lm).astype(np.uint8)
+        if self._instances and rng.random() < float(self.t.copy_paste):  # drawn only when enabled, as resample
+            n = int(rng.integers(1, int(self.t.copy_paste_max) + 1))
+            x, lm = paste_instances(x, lm, [i for i in self._instances if i.frame != fi] or self._instances, rng, n)
         if self.t.augment:
             x, lm = _augment(x, lm, rng, self.level, float(self.t.resample))
         t, wgt = cell_targets(lm, self.classes, self.stride)
