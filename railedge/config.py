@@ -222,6 +222,7 @@ class TrainConfig:
     checkpoint_every: int = _f(25, min=1, help="optimiser steps between checkpoints (resume after interruption)")
     augment: bool = _f(True, help="flips, brightness/contrast jitter and noise")
     resample: float = _f(0.0, min=0.0, max=1.0, help="share of augmented tiles sent through a smaller size and back (resampling texture)")
+    init: str = _f("", help="a model folder (railedge fit or train, same backbone settings) whose weights start the training: fine-tuning; empty = train.seed's initialisation")
     copy_paste: float = _f(0.0, min=0.0, max=1.0, help="labelled mode: share of tiles given labelled instances (defects, dirt, joints) cut from other training frames")
     copy_paste_max: int = _f(2, min=1, max=16, help="labelled mode: at most this many instances pasted into a tile (1 to this, evenly)")
     synthetic_fraction: float = _f(0.6, min=0.0, max=1.0, help="normal-only mode: share of tiles given a pasted synthetic defect")

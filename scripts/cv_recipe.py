@@ -14,6 +14,8 @@ are not reported. Folds train side by side, one torch thread each.
     .venv/bin/python scripts/cv_recipe.py dil2 --set train.head_dilation=2
     .venv/bin/python scripts/cv_recipe.py r1 --set source.reduce=1 --eval-set source.reduce=1
     .venv/bin/python scripts/cv_recipe.py half --train-fraction 0.5      # a learning-curve point
+    .venv/bin/python scripts/cv_recipe.py pre --mode normal              # normal-only (synthetic defects) on each fold,
+    .venv/bin/python scripts/cv_recipe.py fine --init-from pre           # then labelled training from those weights
 
 Results are appended to WORK/results.jsonl; docs/training.md lists those measured so far."""
 
@@ -83,6 +85,9 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for training (repeatable)")
     ap.add_argument("--train-fraction", type=float, default=1.0,
                     help="train on this share of each training run's images (evenly spaced): a learning curve")
+    ap.add_argument("--mode", choices=["auto", "labelled", "normal"], default="auto", help="railedge train --mode")
+    ap.add_argument("--init-from", metavar="RECIPE",
+                    help="start each fold from the model of an earlier recipe on the same fold (WORK/models/RECIPE_k): pretraining")
     ap.add_argument("--eval-set", action="append", default=[], metavar="KEY=VALUE", help="config override for evaluation (repeatable)")
     a = ap.parse_args()
     data, work = Path(a.data), Path(a.work)
@@ -108,7 +113,12 @@ def main() -> int:
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(out.with_name(out.name + ".train"), ignore_errors=True)
         cmd = RAILEDGE + ["train", "--data", str(rest[i]), "--val", str(held[i]), "--out", str(out), "--json", *QUIET,
-                          "--set", "train.threads=1", "--set", "threads=1", *sets]
+                          "--set", "train.threads=1", "--set", "threads=1", "--mode", a.mode, *sets]
+        if a.init_from:
+            init = work / "models" / f"{a.init_from}_{i}"
+            if not (init / "model.json").is_file():
+                raise SystemExit(f"--init-from {a.init_from}: no model at {init}; run that recipe first")
+            cmd += ["--init", str(init)]
         procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(work / f"{a.name}_{i}.log", "w")))
     for i, p in enumerate(procs):
         if p.wait():
@@ -128,7 +138,7 @@ def main() -> int:
                     "max_recall": max((s["recall"] or 0.0) for s in ev["pr_sweep"])})
     keys = ("image_auroc", "tile_auroc", "pixel_auroc", "recall_at_0.2", "max_recall")
     mean = {k: (round(sum(v) / len(v), 4) if (v := [p[k] for p in per if p[k] is not None]) else None) for k in keys}
-    line = {"name": a.name, "set": a.set, "eval_set": a.eval_set, "train_fraction": a.train_fraction,
+    line = {"name": a.name, "set": a.set, "mode": a.mode, "init_from": a.init_from, "eval_set": a.eval_set, "train_fraction": a.train_fraction,
             "train_images": [len(list((r / "images").iterdir())) for r in rest], "train_s": round(train_s), "mean": mean, "folds": per}
     with open(work / "results.jsonl", "a") as f:
         f.write(json.dumps(line) + "\n")

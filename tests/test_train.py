@@ -310,3 +310,40 @@ def test_copy_paste_is_off_by_default_and_reaches_training_tiles(footage):
     labelled = lambda s: sum(float(s.tile(0, j)[1][1:].sum()) for j in range(8))  # noqa: E731
     assert labelled(on) > labelled(off)  # more labelled cells per tile with instances pasted in
     np.testing.assert_array_equal(on.tile(0, 3)[0], on.tile(0, 3)[0])  # still a function of (seed, epoch, tile)
+
+
+def test_init_fine_tunes_from_a_trained_model_and_refuses_other_backbones(footage, tmp_path, trained):
+    import torch
+
+    from railedge.errors import ModelError
+    from railedge.train.trainer import train
+
+    # zero steps of training would be nothing to test: one epoch at lr 0 keeps the weights as they start
+    out = tmp_path / "fine"
+    train(tiny_cfg(f"train.init={trained}", "train.lr=0.0", "train.weight_decay=0.0", "train.seed=9"), footage / "frames", out)
+    a, b = _state(trained), _state(out)
+    for k in a:
+        if k.startswith("backbone.") and a[k].is_floating_point():
+            torch.testing.assert_close(b[k], a[k], msg=k)  # started from the given weights, not seed 9's
+    fresh = tmp_path / "fresh"
+    train(tiny_cfg("train.lr=0.0", "train.weight_decay=0.0", "train.seed=9"), footage / "frames", fresh)
+    c = _state(fresh)
+    assert any(not torch.equal(a[k], c[k]) for k in a if k.startswith("backbone.") and a[k].is_floating_point())
+    # a normal-only head (2 classes) starts a labelled one (4 classes): the class layer is new, the rest is taken
+    normal = tmp_path / "normal"
+    train(tiny_cfg(), footage / "normal", normal, mode="normal")
+    s = train(tiny_cfg(f"train.init={normal}"), footage / "frames", tmp_path / "from_normal")
+    assert s["mode"] == "labelled"
+    # a fitted memory-bank model has a backbone only: the whole head is new
+    from railedge.fit import fit
+
+    fit(tiny_cfg(), footage / "normal", tmp_path / "fitted")
+    train(tiny_cfg(f"train.init={tmp_path / 'fitted'}", "train.lr=0.0", "train.weight_decay=0.0"), footage / "frames", tmp_path / "from_fit")
+    f_state, ff = torch.load(tmp_path / "fitted" / "weights.pt", weights_only=True), _state(tmp_path / "from_fit")
+    for k, v in f_state.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(ff["backbone." + k], v, msg=k)
+    with pytest.raises(ModelError, match=r"model\.snn\.time_steps"):
+        train(tiny_cfg(f"train.init={trained}", "model.snn.time_steps=3"), footage / "frames", tmp_path / "bad")
+    with pytest.raises(ModelError, match="train.init"):
+        train(tiny_cfg(f"train.init={tmp_path / 'nowhere'}"), footage / "frames", tmp_path / "bad2")

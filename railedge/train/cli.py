@@ -55,6 +55,8 @@ def cmd_train(args: argparse.Namespace, load: Callable) -> int:
         extra.append(f"train.seed={args.seed}")
     if args.epochs is not None:
         extra.append(f"train.epochs={args.epochs}")
+    if args.init is not None:
+        extra.append(f"train.init={args.init}")
     cfg = load(args, extra)
     from railedge.train.trainer import TrainingStopped, recalibrate, train
 
@@ -104,6 +106,7 @@ def add_parser(sub: Any, config_args: Callable, load: Callable) -> None:
     c.add_argument("--val", help="held-out data (whole runs) for validation and threshold calibration (default: train.val_fraction of the runs)")
     c.add_argument("--seed", type=int, help="override train.seed")
     c.add_argument("--epochs", type=int, help="override train.epochs")
+    c.add_argument("--init", metavar="MODEL", help="override train.init: start from this model's weights (fine-tuning)")
     c.add_argument("--restart", action="store_true", help="discard a checkpoint of an earlier, interrupted run")
     c.add_argument("--recalibrate", action="store_true",
                    help="no training: recompute the threshold of the trained model --out on --val (default: its recorded "

@@ -176,8 +176,10 @@ class TileSampler:
 
 
 # ----------------------------------------------------------------------------------------- train
-def _fingerprint(cfg: Config, mode: str, train: list[LabelledFrame], val: list[LabelledFrame], data: Path) -> str:
+def _fingerprint(cfg: Config, mode: str, train: list[LabelledFrame], val: list[LabelledFrame], data: Path,
+                 init_sha: str | None = None) -> str:
     keep = {
+        "init_sha256": init_sha,
         "model": cfg.to_dict()["model"],
         "roi": cfg.to_dict()["roi"],
         "reduce": cfg.source.reduce,
@@ -188,6 +190,43 @@ def _fingerprint(cfg: Config, mode: str, train: list[LabelledFrame], val: list[L
         "val_frames": [f.name for f in val],
     }
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _init_from(net: Any, model_dir: Path, cfg: Config, torch: Any) -> dict[str, Any]:
+    """Start from another model's weights (fine-tuning; `train.init`): a trained model (backbone and
+    head) or a fitted one (backbone only) with the same backbone settings. Head tensors are taken
+    where their shapes match (another class list re-initialises the class layer only)."""
+    if not (model_dir / "model.json").is_file():
+        raise ModelError(f"train.init {str(model_dir)!r} is not a model folder (no model.json); give a folder made by "
+                         "'railedge fit' or 'railedge train', or leave train.init empty")
+    try:
+        art = ModelArtifact.load(model_dir)
+    except ModelError as e:
+        raise ModelError(f"train.init {str(model_dir)!r}: {e}") from None
+    mine, theirs = cfg.to_dict()["model"], art.meta.get("model_config", {})
+    b = mine["backbone"]
+    if theirs.get("backbone") != b or theirs.get(b) != mine[b]:
+        diff = sorted(k for k in set(mine.get(b, {})) | set(theirs.get(b, {}) or {}) if (theirs.get(b) or {}).get(k) != mine[b].get(k))
+        raise ModelError(
+            f"train.init {str(model_dir)!r} is a {theirs.get('backbone')} model with other backbone settings than this "
+            f"training ({b}{': ' + ', '.join('model.' + b + '.' + k for k in diff) if diff and theirs.get('backbone') == b else ''}); "
+            "train with the same model settings (its model.json 'model_config'), or leave train.init empty")
+    wfile = art.path / "weights.pt"
+    if not wfile.is_file():
+        raise ModelError(f"train.init {str(model_dir)!r} has no weights.pt (the eager weights); re-export it with railedge fit or train")
+    state = torch.load(wfile, map_location="cpu", weights_only=True)
+    if not art.has_head:
+        state = {"backbone." + k: v for k, v in state.items()}
+    own = net.state_dict()
+    take = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    missing = [k for k in own if k.startswith("backbone.") and k not in take]
+    if missing:
+        raise ModelError(f"train.init {str(model_dir)!r}: its weights do not fit this backbone ({missing[0]} and {len(missing) - 1} more)")
+    net.load_state_dict(take, strict=False)
+    fresh = sorted({k.rsplit(".", 1)[0] for k in own if k not in take})
+    sha = hashlib.sha256(wfile.read_bytes()).hexdigest()
+    log.info("train_init", model=str(model_dir), tensors=len(take), fresh=fresh)
+    return {"model": str(model_dir), "sha256": sha, "fresh": fresh}
 
 
 def _class_weights(frames: list[LabelledFrame], k: int, stride: int, normal_only: bool) -> np.ndarray:
@@ -315,6 +354,7 @@ def train(
     net = HeadedBackbone(backbone, k + 1, int(tc.head_width), dilation=int(tc.head_dilation))
     for p in net.parameters():
         p.requires_grad_(True)
+    init = _init_from(net, Path(tc.init), cfg, torch) if tc.init else None
     sampler = TileSampler(train_frames, k, cfg, stride, normal_only)
     total = sampler.steps_per_epoch * int(tc.epochs)
     class_w = torch.from_numpy(_class_weights(train_frames, k, stride, normal_only))
@@ -323,7 +363,7 @@ def train(
 
     work = out.with_name(out.name + ".train")
     ckpt = work / CHECKPOINT
-    fp = _fingerprint(cfg, mode, train_frames, val_frames, data)
+    fp = _fingerprint(cfg, mode, train_frames, val_frames, data, init["sha256"] if init else None)
     if restart:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
