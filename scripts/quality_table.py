@@ -272,8 +272,6 @@ def seed_summary(runs: list[dict]) -> dict:
     ev = [x["eval"] for x in runs]
     return {"n": len(ev),
             "image_auroc": _mean([e["image_auroc"] for e in ev]),
-            "image_auroc_min": min((e["image_auroc"] for e in ev if e["image_auroc"] is not None), default=None),
-            "image_auroc_max": max((e["image_auroc"] for e in ev if e["image_auroc"] is not None), default=None),
             "recall": _mean([e["at_threshold"]["recall"] for e in ev]),
             "false_alarms_per_frame": _mean([e["at_threshold"]["false_alarms_per_frame"] for e in ev]),
             "oracle_recall": _mean([(e["at_fa_target"] or {}).get("recall") for e in ev])}
@@ -413,14 +411,8 @@ def targets(rows: list[dict], syn_rows: list[dict], seeds: dict[str, list[dict]]
         out.append(f"| {what} | {got} | {'n/a' if ok is None else ('yes' if ok else '**no**')} |")
 
     def summary(key: str) -> dict | None:
-        if key in seeds:
-            return seed_summary(seeds[key])
-        e = ev.get(key)
-        if not e:
-            return None
-        return {"n": 1, "image_auroc": e["image_auroc"], "recall": e["at_threshold"]["recall"],
-                "false_alarms_per_frame": e["at_threshold"]["false_alarms_per_frame"],
-                "oracle_recall": (e["at_fa_target"] or {}).get("recall")}
+        runs = seeds.get(key) or ([{"eval": ev[key]}] if key in ev else None)
+        return seed_summary(runs) if runs else None
 
     t = summary("snn_trained")
     if t:

@@ -57,17 +57,22 @@ def cut_instances(frames: list[LabelledFrame], min_pixels: int = 4) -> list[Inst
 
 
 def paste(x: np.ndarray, lm: np.ndarray, instances: list[Instance], rng: np.random.Generator,
-          count: int) -> tuple[np.ndarray, np.ndarray]:
+          count: int, exclude_frame: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Paste `count` instances (classes drawn evenly, then an instance of that class) into a tile:
     random position and flips, the instance's brightness scaled to the rail it lands on, its class
-    map written where it is labelled. Returns new arrays; the inputs are not changed."""
+    map written where it is labelled. Instances of `exclude_frame` (the tile's own frame) are left
+    out unless nothing else is there. Returns new arrays; the inputs are not changed."""
     if not instances or count <= 0:
         return x, lm
     x, lm = x.astype(np.float32).copy(), lm.copy()
     H, W = x.shape
     by_class: dict[int, list[int]] = {}
     for i, ins in enumerate(instances):
-        by_class.setdefault(ins.cls, []).append(i)
+        if ins.frame != exclude_frame:
+            by_class.setdefault(ins.cls, []).append(i)
+    if not by_class:
+        for i, ins in enumerate(instances):
+            by_class.setdefault(ins.cls, []).append(i)
     classes = sorted(by_class)
     for _ in range(count):
         pool = by_class[classes[int(rng.integers(len(classes)))]]

@@ -22,6 +22,7 @@ threshold is calibrated on the held-out frames through the exported ONNX graph, 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import shutil
@@ -154,7 +155,7 @@ class TileSampler:
                 lm = np.where(mask > 0, 1, lm).astype(np.uint8)
         if self._instances and rng.random() < float(self.t.copy_paste):  # drawn only when enabled, as resample
             n = int(rng.integers(1, int(self.t.copy_paste_max) + 1))
-            x, lm = paste_instances(x, lm, [i for i in self._instances if i.frame != fi] or self._instances, rng, n)
+            x, lm = paste_instances(x, lm, self._instances, rng, n, exclude_frame=fi)
         if self.t.augment:
             x, lm = _augment(x, lm, rng, self.level, float(self.t.resample))
         t, wgt = cell_targets(lm, self.classes, self.stride)
@@ -205,16 +206,21 @@ def _init_from(net: Any, model_dir: Path, cfg: Config, torch: Any) -> dict[str, 
         raise ModelError(f"train.init {str(model_dir)!r}: {e}") from None
     mine, theirs = cfg.to_dict()["model"], art.meta.get("model_config", {})
     b = mine["backbone"]
-    if theirs.get("backbone") != b or theirs.get(b) != mine[b]:
-        diff = sorted(k for k in set(mine.get(b, {})) | set(theirs.get(b, {}) or {}) if (theirs.get(b) or {}).get(k) != mine[b].get(k))
+    if theirs.get("backbone") != b:
+        raise ModelError(f"train.init {str(model_dir)!r} is a {theirs.get('backbone')} model and this training a {b} one; "
+                         f"give a {b} model, or leave train.init empty")
+    other = theirs.get(b) or {}
+    diff = sorted(k for k in set(mine[b]) | set(other) if other.get(k) != mine[b].get(k))
+    if diff:
         raise ModelError(
-            f"train.init {str(model_dir)!r} is a {theirs.get('backbone')} model with other backbone settings than this "
-            f"training ({b}{': ' + ', '.join('model.' + b + '.' + k for k in diff) if diff and theirs.get('backbone') == b else ''}); "
-            "train with the same model settings (its model.json 'model_config'), or leave train.init empty")
+            f"train.init {str(model_dir)!r} has other backbone settings than this training "
+            f"({', '.join(f'model.{b}.{k}' for k in diff)}); train with the same model settings "
+            "(its model.json 'model_config'), or leave train.init empty")
     wfile = art.path / "weights.pt"
     if not wfile.is_file():
         raise ModelError(f"train.init {str(model_dir)!r} has no weights.pt (the eager weights); re-export it with railedge fit or train")
-    state = torch.load(wfile, map_location="cpu", weights_only=True)
+    raw = wfile.read_bytes()
+    state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     if not art.has_head:
         state = {"backbone." + k: v for k, v in state.items()}
     own = net.state_dict()
@@ -224,7 +230,7 @@ def _init_from(net: Any, model_dir: Path, cfg: Config, torch: Any) -> dict[str, 
         raise ModelError(f"train.init {str(model_dir)!r}: its weights do not fit this backbone ({missing[0]} and {len(missing) - 1} more)")
     net.load_state_dict(take, strict=False)
     fresh = sorted({k.rsplit(".", 1)[0] for k in own if k not in take})
-    sha = hashlib.sha256(wfile.read_bytes()).hexdigest()
+    sha = hashlib.sha256(raw).hexdigest()
     log.info("train_init", model=str(model_dir), tensors=len(take), fresh=fresh)
     return {"model": str(model_dir), "sha256": sha, "fresh": fresh}
 
