@@ -347,3 +347,6 @@ def test_init_fine_tunes_from_a_trained_model_and_refuses_other_backbones(footag
         train(tiny_cfg(f"train.init={trained}", "model.snn.time_steps=3"), footage / "frames", tmp_path / "bad")
     with pytest.raises(ModelError, match="train.init"):
         train(tiny_cfg(f"train.init={tmp_path / 'nowhere'}"), footage / "frames", tmp_path / "bad2")
+    # checked before the data is read: a wrong init is named even when the data is wrong too
+    with pytest.raises(ModelError, match=r"model\.snn\.time_steps"):
+        train(tiny_cfg(f"train.init={trained}", "model.snn.time_steps=3"), tmp_path / "no_data_here", tmp_path / "bad3")

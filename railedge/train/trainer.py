@@ -193,10 +193,9 @@ def _fingerprint(cfg: Config, mode: str, train: list[LabelledFrame], val: list[L
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _init_from(net: Any, model_dir: Path, cfg: Config, torch: Any) -> dict[str, Any]:
-    """Start from another model's weights (fine-tuning; `train.init`): a trained model (backbone and
-    head) or a fitted one (backbone only) with the same backbone settings. Head tensors are taken
-    where their shapes match (another class list re-initialises the class layer only)."""
+def _check_init(model_dir: Path, cfg: Config) -> ModelArtifact:
+    """`train.init` before any data is read: a model folder with the same backbone kind and settings
+    and eager weights, or a ModelError naming what differs."""
     if not (model_dir / "model.json").is_file():
         raise ModelError(f"train.init {str(model_dir)!r} is not a model folder (no model.json); give a folder made by "
                          "'railedge fit' or 'railedge train', or leave train.init empty")
@@ -219,7 +218,15 @@ def _init_from(net: Any, model_dir: Path, cfg: Config, torch: Any) -> dict[str, 
     wfile = art.path / "weights.pt"
     if not wfile.is_file():
         raise ModelError(f"train.init {str(model_dir)!r} has no weights.pt (the eager weights); re-export it with railedge fit or train")
-    raw = wfile.read_bytes()
+    return art
+
+
+def _init_from(net: Any, art: ModelArtifact, torch: Any) -> dict[str, Any]:
+    """Start from another model's weights (fine-tuning; `train.init`, checked by _check_init): a
+    trained model (backbone and head) or a fitted one (backbone only). Head tensors are taken where
+    their shapes match (another class list re-initialises the class layer only)."""
+    model_dir = art.path
+    raw = (art.path / "weights.pt").read_bytes()
     state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     if not art.has_head:
         state = {"backbone." + k: v for k, v in state.items()}
@@ -326,6 +333,7 @@ def train(
     out, data = Path(out), Path(data)
     h, w = cfg.model.input_height, cfg.model.input_width
     pre = Preprocess(h, w)
+    init_art = _check_init(Path(tc.init), cfg) if tc.init else None  # a wrong --init fails before the data loads
     reduce = resolve_reduce(cfg.source.reduce, data, cfg.roi, (h, w))
     fs = load_frames(data, fmt, pre, cfg.roi, reduce, max_frames=None)
     if mode == "auto":
@@ -360,7 +368,7 @@ def train(
     net = HeadedBackbone(backbone, k + 1, int(tc.head_width), dilation=int(tc.head_dilation))
     for p in net.parameters():
         p.requires_grad_(True)
-    init = _init_from(net, Path(tc.init), cfg, torch) if tc.init else None
+    init = _init_from(net, init_art, torch) if init_art is not None else None
     sampler = TileSampler(train_frames, k, cfg, stride, normal_only)
     total = sampler.steps_per_epoch * int(tc.epochs)
     class_w = torch.from_numpy(_class_weights(train_frames, k, stride, normal_only))
