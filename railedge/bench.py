@@ -46,6 +46,23 @@ def time_per_frame(fn: Callable[[np.ndarray], Any], xs: list[np.ndarray], repeat
     return out
 
 
+def paced(fn: Callable[[np.ndarray], Any], xs: list[np.ndarray], n: int, fps: float, warmup: int = 5) -> dict[str, float]:
+    """Run `fn` at a camera's frame rate (sleeping out each period): latency p50 and this process's
+    CPU time per frame, which counts what threads burn between frames (ORT's spinning pool)."""
+    for i in range(warmup):
+        fn(xs[i % len(xs)])
+    period, lat = 1.0 / fps, []
+    c0, t0 = time.process_time(), time.monotonic()
+    for k in range(n):
+        t = time.perf_counter()
+        fn(xs[k % len(xs)])
+        lat.append((time.perf_counter() - t) * 1e3)
+        time.sleep(max(0.0, t0 + (k + 1) * period - time.monotonic()))
+    cpu_ms = (time.process_time() - c0) / n * 1e3
+    return {"p50_ms": round(float(np.median(lat)), 3), "cpu_ms_per_frame": round(cpu_ms, 2),
+            "cpu_share_of_period": round(cpu_ms / (period * 1e3), 3), "n": n}
+
+
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -145,6 +162,16 @@ def run_bench(cfg: Config, source: str, frames: int = 200, fit_frames: int = 40,
                 log.info("bench_backbone", backbone=name, runtime=rt, **backbones[name][rt])
         result["backbone_latency"] = backbones
 
+        # ---- ONNX Runtime's pool threads at a camera's rate: spin-waiting between frames or not --
+        if "onnx" in runtimes:
+            pool, cam_fps = max(2, threads), 25.0
+            spin = {}
+            for on in (True, False):
+                spin["on" if on else "off"] = paced(OnnxEngine(tmp / "snn.onnx", pool, spinning=on), xs, min(frames, 100), cam_fps)
+            result["onnx_spinning"] = {"threads": pool, "camera_fps": cam_fps, **spin,
+                                       "cpu_ratio_on_over_off": round(spin["on"]["cpu_ms_per_frame"] / max(1e-9, spin["off"]["cpu_ms_per_frame"]), 2)}
+            log.info("bench_spinning", **{k: v for k, v in result["onnx_spinning"].items() if not isinstance(v, dict)})
+
         # ---- the straightforward snntorch loop, same network, T and input ---------------------
         snn = modules["snn"]
         with torch.inference_mode():
@@ -228,6 +255,13 @@ def format_bench(r: dict[str, Any]) -> str:
     lines.append(f"{'snn':<10}{'snntorch loop':<13}{ref['p50_ms']:>9.2f}{ref['p99_ms']:>9.2f}{ref['fps']:>10.1f}")
     lines += ["", "SNN speed-up over the snntorch eager loop (same network, T, input): "
               + ", ".join(f"{k} {v}x" for k, v in r["snn_speedup_over_snntorch_loop"].items()), ""]
+    if "onnx_spinning" in r:
+        s = r["onnx_spinning"]
+        lines += [f"SNN on ONNX Runtime, {s['threads']} threads, paced at {s['camera_fps']:g} frames/s (config 'spinning'):"]
+        for k in ("on", "off"):
+            lines.append(f"  spinning {k:<4}p50 {s[k]['p50_ms']:.2f} ms   CPU {s[k]['cpu_ms_per_frame']:.2f} ms per frame "
+                         f"({s[k]['cpu_share_of_period']:.0%} of a core)")
+        lines += [f"  CPU per frame, spinning on / off: {s['cpu_ratio_on_over_off']}x", ""]
     stages = ("decode", "roi", "preprocess", "inference", "scoring", "events")
     lines.append(f"{'end to end':<14}{'frames/s':>10}{'total p50':>11}{'scoring share':>15}   rounds (frames/s)")
     for bb, v in r["replay"].items():

@@ -230,7 +230,8 @@ def time_engine(engine: Callable[[np.ndarray], np.ndarray], x: np.ndarray, repea
             "mean_ms": float(a.mean()), "min_ms": float(a.min()), "warmup_frames": WARMUP, "samples_ms": [round(v, 3) for v in ms]}
 
 
-def _engines(name: str, module: Any, height: int, width: int, runtimes: list[str], threads: int, tmp: Path) -> dict[str, Any]:
+def _engines(name: str, module: Any, height: int, width: int, runtimes: list[str], threads: int, tmp: Path,
+             spinning: bool = False) -> dict[str, Any]:
     from railedge.runtime.torch_engines import EagerEngine
 
     out: dict[str, Any] = {}
@@ -242,7 +243,7 @@ def _engines(name: str, module: Any, height: int, width: int, runtimes: list[str
                 from railedge.backbones.export import export_onnx
                 from railedge.runtime.onnx import OnnxEngine
 
-                out[rt] = OnnxEngine(export_onnx(module, height, width, tmp / f"{name}.onnx"), threads)
+                out[rt] = OnnxEngine(export_onnx(module, height, width, tmp / f"{name}.onnx"), threads, spinning)
             elif rt == "torchscript":
                 from railedge.backbones.export import export_torchscript
                 from railedge.runtime.torch_engines import TorchScriptEngine
@@ -310,7 +311,7 @@ def compare(cfg: Config, items: list[str], frames: int = 32, runtimes: list[str]
     with tempfile.TemporaryDirectory(prefix="railedge-compare-") as tmp:
         for bb, module in modules.items():
             result["timing"][bb] = {}
-            for rt, eng in _engines(bb, module, height, width, runtimes, threads, Path(tmp)).items():
+            for rt, eng in _engines(bb, module, height, width, runtimes, threads, Path(tmp), cfg.spinning).items():
                 result["timing"][bb][rt] = None if eng is None else time_engine(eng, xt, rep)
     result["seconds"] = round(time.perf_counter() - t0, 2)
     _log().info("compare_done", frames=result["frames"], seconds=result["seconds"])

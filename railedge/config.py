@@ -246,6 +246,8 @@ class Config:
     model: ModelConfig = _f(factory=ModelConfig)
     runtime: Literal["onnx", "torchscript", "eager"] = "onnx"
     threads: int = _f(0, min=0, max=256, help="inference threads; 0: one fewer than the CPU cores (decoding has its own)")
+    spinning: bool = _f(False, help="ONNX Runtime's worker threads (threads > 1) spin-wait for work between frames: "
+                        "a little lower latency for a core kept busy all the time; off saves CPU and power on the edge")
     scoring: ScoringConfig = _f(factory=ScoringConfig)
     events: EventsConfig = _f(factory=EventsConfig)
     position: PositionConfig = _f(factory=PositionConfig)

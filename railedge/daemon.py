@@ -117,7 +117,7 @@ class CompareRunner:
 
         self.path = str(cfg.compare.model_path)
         self.model = ModelArtifact.load(self.path)
-        self.engine = self.model.engine(cfg.runtime, cfg.threads)
+        self.engine = self.model.engine(cfg.runtime, cfg.threads, cfg.spinning)
         self.scorer = self.model.scorer()
         self.threshold = self.model.threshold  # its own calibration: scoring.threshold is the main model's
         self.every_n = cfg.compare.every_n
@@ -282,7 +282,7 @@ class Daemon:
 
         t0 = time.perf_counter()
         model = ModelArtifact.load(cfg.model.path)
-        engine = model.engine(cfg.runtime, cfg.threads)
+        engine = model.engine(cfg.runtime, cfg.threads, cfg.spinning)
         log.info("model_loaded", model=str(model.path), backbone=model.backbone, runtime=cfg.runtime,
                  threshold=round(model.threshold, 6), seconds=round(time.perf_counter() - t0, 3))
         return model, engine
@@ -591,7 +591,7 @@ class Daemon:
             new = dataclasses.replace(new, device=old.device, state_dir=old.state_dir)
         changed = sorted(k for k, v in new.to_dict().items() if old.to_dict().get(k) != v)
         reload_model = (new.daemon.reload_model or new.model != old.model or new.runtime != old.runtime
-                        or new.threads != old.threads)
+                        or new.threads != old.threads or new.spinning != old.spinning)
         source_changed = new.source != old.source or new.daemon.queue_size != old.daemon.queue_size or \
             new.daemon.reopen_max_s != old.daemon.reopen_max_s
         try:

@@ -235,7 +235,7 @@ def evaluate(cfg: Config, model_path: str | Path, data: str | Path, fmt: str = "
              names: Sequence[str] | None = None) -> dict[str, Any]:
     """Evaluate a model artifact on labelled data; returns the metrics (see the module docstring)."""
     model = ModelArtifact.load(model_path)
-    engine = model.engine(cfg.runtime, cfg.threads)
+    engine = model.engine(cfg.runtime, cfg.threads, cfg.spinning)
     scorer = model.scorer()
     alarm = list(alarm_classes if alarm_classes is not None else cfg.events.alarm_classes)
     thr = threshold if threshold is not None else (cfg.scoring.threshold if cfg.scoring.threshold is not None else model.threshold)

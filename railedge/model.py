@@ -203,8 +203,9 @@ class ModelArtifact:
             )
         return cls(path=p, meta=meta, preprocess=Preprocess.from_dict(meta["preprocess"]), bank=bank)
 
-    def engine(self, runtime: str, threads: int = 0):
-        """The inference engine for `runtime` (onnx | torchscript | eager)."""
+    def engine(self, runtime: str, threads: int = 0, spinning: bool = False):
+        """The inference engine for `runtime` (onnx | torchscript | eager); `spinning`: ONNX
+        Runtime's pool threads spin-wait between runs (config `spinning`)."""
         if not self.has_runtime(runtime):
             raise ModelError(
                 f"model {str(self.path)!r} has no {runtime} export ({RUNTIME_FILES[runtime]}); "
@@ -213,7 +214,7 @@ class ModelArtifact:
         if runtime == "onnx":
             from railedge.runtime.onnx import OnnxEngine
 
-            return OnnxEngine(self.path / RUNTIME_FILES["onnx"], threads)
+            return OnnxEngine(self.path / RUNTIME_FILES["onnx"], threads, spinning)
         if runtime == "torchscript":
             from railedge.runtime.torch_engines import TorchScriptEngine
 

@@ -85,7 +85,7 @@ def replay(
     `railedge report`: run.json (summary, config, model, source), events.jsonl, frames.jsonl and
     snapshots/ (see `write_run`)."""
     model = ModelArtifact.load(cfg.model.path)
-    engine = model.engine(cfg.runtime, cfg.threads)
+    engine = model.engine(cfg.runtime, cfg.threads, cfg.spinning)
     reduce = resolve_reduce(cfg.source.reduce, source_uri, cfg.roi, (model.preprocess.height, model.preprocess.width))
     source = open_source(source_uri, replace(cfg.source, reduce=reduce))
     started = time.time()

@@ -30,6 +30,12 @@ def test_bench_json_has_every_measurement(footage):
         assert abs(x - ref / b["backbone_latency"]["snn"][rt]["p50_ms"]) < 0.02 * x + 0.01
     assert abs(b["replay_fps_ratio_snn_over_resnet"] - b["replay"]["snn"]["fps"] / b["replay"]["resnet"]["fps"]) < 0.02
     assert b["decode_only_fps"] > 0
+    s = b["onnx_spinning"]  # a pool of 2 even when inference runs on 1 thread: that is where it spins
+    assert s["threads"] == 2 and s["camera_fps"] == 25
+    for k in ("on", "off"):
+        assert s[k]["n"] == 12 and s[k]["p50_ms"] > 0 and s[k]["cpu_ms_per_frame"] > 0
+        assert abs(s[k]["cpu_share_of_period"] - s[k]["cpu_ms_per_frame"] / 40) < 0.002
+    assert abs(s["cpu_ratio_on_over_off"] - s["on"]["cpu_ms_per_frame"] / s["off"]["cpu_ms_per_frame"]) < 0.02
     layers = b["snn_activity"]
     assert len(layers) == 4 and all(0 <= v["rate"] <= 1 and len(v["rate_per_step"]) == 8 for v in layers.values())
     e = b["energy_theoretical_45nm"]
@@ -39,3 +45,4 @@ def test_bench_json_has_every_measurement(footage):
 
     text = format_bench(b)
     assert "snntorch loop" in text and "SNN / ResNet-18 replay frames/s" in text and "stage p50 ms" in text
+    assert "spinning on / off" in text

@@ -56,6 +56,27 @@ def test_runtimes_agree_on_decisions(small_model, footage):
         np.testing.assert_allclose(scores[rt], scores["onnx"], rtol=0.05, atol=0.05)
 
 
+def test_onnx_pool_threads_do_not_spin_unless_asked(small_model, footage):
+    """config 'spinning': ORT's default spin-wait keeps a core busy between camera frames; railedge
+    sessions turn it off, and on when asked, with the same outputs either way."""
+    from railedge.config import Config, load_config
+
+    m = ModelArtifact.load(small_model)
+    x = np.random.default_rng(0).random((1, 1, m.preprocess.height, m.preprocess.width), dtype=np.float32)
+    outs = {}
+    for spinning in (False, True):
+        engine = m.engine("onnx", 2, spinning)
+        opts = engine.session.get_session_options()
+        assert opts.get_session_config_entry("session.intra_op.allow_spinning") == ("1" if spinning else "0")
+        assert opts.intra_op_num_threads == 2
+        outs[spinning] = engine(x)
+    np.testing.assert_array_equal(outs[False], outs[True])
+    assert m.engine("onnx", 2).session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert Config().spinning is False
+    with pytest.raises(Exception, match="spinning"):
+        Config().with_overrides(["spinning=sometimes"])
+
+
 @pytest.mark.parametrize(
     "damage, message",
     [
