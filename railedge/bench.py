@@ -165,9 +165,7 @@ def run_bench(cfg: Config, source: str, frames: int = 200, fit_frames: int = 40,
         # ---- ONNX Runtime's pool threads at a camera's rate: spin-waiting between frames or not --
         if "onnx" in runtimes:
             pool, cam_fps = max(2, threads), 25.0
-            spin = {}
-            for on in (True, False):
-                spin["on" if on else "off"] = paced(OnnxEngine(tmp / "snn.onnx", pool, spinning=on), xs, min(frames, 100), cam_fps)
+            spin = {k: paced(OnnxEngine(tmp / "snn.onnx", pool, spinning=k == "on"), xs, min(frames, 100), cam_fps) for k in ("on", "off")}
             result["onnx_spinning"] = {"threads": pool, "camera_fps": cam_fps, **spin,
                                        "cpu_ratio_on_over_off": round(spin["on"]["cpu_ms_per_frame"] / max(1e-9, spin["off"]["cpu_ms_per_frame"]), 2)}
             log.info("bench_spinning", **{k: v for k, v in result["onnx_spinning"].items() if not isinstance(v, dict)})

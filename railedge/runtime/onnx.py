@@ -19,7 +19,6 @@ class OnnxEngine:
         frame rate that is a core busy between frames (42 vs 3 ms CPU per 40 ms frame with 2
         threads, measured by `railedge bench`), so railedge turns it off unless asked."""
         threads = self.threads = resolve_threads(threads)
-        self.spinning = bool(spinning)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = threads
